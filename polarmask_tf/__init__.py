@@ -1,0 +1,3 @@
+"""polarmask_tf: PolarMask single-shot instance segmentation in TensorFlow 2 / Keras 3."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Data: datasets, readers and input pipelines."""

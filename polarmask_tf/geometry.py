@@ -1,0 +1,402 @@
+"""Polar geometry: mass centres, ray casting, decoding, rasterisation and mask helpers.
+
+Conventions (the paper's, used everywhere in polarmask_tf):
+- Image coordinates are pixels, x to the right, y down. Pixel (row i, column j) has its centre at
+  (x=j, y=i), as in OpenCV contours: a contour vertex names the boundary pixel it passes through.
+- Ray k of N has angle theta_k = 2*pi*k/N; its vertex is (cx + d_k*cos(theta_k), cy + d_k*sin(theta_k)).
+  With y down, k = 0 points right, k = N/4 down, k = N/2 left, k = 3N/4 up.
+- A ray that meets no boundary (origin outside the shape) has length MISSING_RAY.
+
+The functions taking polygons and origins are TensorFlow ops (they accept numpy arrays) and are
+vectorised over vertices, rays and origins. `largest_contour`, the COCO conversions and the
+`method="reference"` rays use numpy/OpenCV and run eagerly only.
+"""
+
+import cv2
+import numpy as np
+import tensorflow as tf
+from pycocotools import mask as coco_mask
+
+MISSING_RAY = 1e-6
+"""Length given to a ray that does not meet the polygon (the original's value)."""
+
+RASTER_TOLERANCE = 1e-3
+"""Pixels whose centre lies within this many pixels of a polygon edge count as on the boundary."""
+
+_REFERENCE_SEARCH_OFFSETS = np.array([0, 1, -1, 2, -2, 3, -3])
+
+
+class GeometryError(ValueError):
+    """Invalid geometric input. `reason` is a short machine-readable tag (used to count skips)."""
+
+    def __init__(self, reason, message):
+        super().__init__(message)
+        self.reason = reason
+
+
+# --------------------------------------------------------------------------------------------
+# Ray index conventions: the one place that knows the original release's orders.
+
+
+def ray_index_map(num_rays, convention):
+    """Index permutation `perm` [N] int32 such that `rays_ours = rays_other[..., perm]`.
+
+    conventions:
+      "head":  the original's current code (ray k' at 360k'/N degrees from straight down towards
+               the right): k = (N/4 - k') mod N, so perm[k] = (N/4 - k) mod N. 36 rays: (9 - k') mod 36.
+      "old":   the original's first released checkpoints (x = cx - d cos, y = cy + d sin):
+               k = (N/2 - k_old) mod N. 36 rays: (18 - k_old) mod 36.
+      "hflip": rays of a horizontally mirrored image (x -> -x): theta -> pi - theta, k -> (N/2 - k) mod N.
+      "vflip": rays of a vertically mirrored image (y -> -y): k -> (-k) mod N.
+    All four maps are involutions, so the same `perm` converts in both directions.
+    """
+    num_rays = int(num_rays)
+    quarter = {"head": 4, "old": 2, "hflip": 2}
+    if convention == "vflip":
+        return (-np.arange(num_rays)) % num_rays
+    if convention not in quarter:
+        raise ValueError(f"unknown ray convention {convention!r}: use 'head', 'old', 'hflip' or 'vflip'")
+    divisor = quarter[convention]
+    if num_rays % divisor:
+        raise ValueError(f"convention {convention!r} needs a ray count divisible by {divisor}, got {num_rays}")
+    return ((num_rays // divisor - np.arange(num_rays)) % num_rays).astype(np.int32)
+
+
+def to_paper_order(rays, convention):
+    """Reorders rays [..., N] given in `convention` (see `ray_index_map`) into this project's order."""
+    rays = tf.convert_to_tensor(rays)
+    return tf.gather(rays, ray_index_map(rays.shape[-1], convention), axis=-1)
+
+
+def ray_angles(num_rays):
+    """Angles theta_k = 2*pi*k/N, float32 [N], radians."""
+    return tf.range(num_rays, dtype=tf.float32) * np.float32(2.0 * np.pi / num_rays)
+
+
+# --------------------------------------------------------------------------------------------
+# Validation
+
+
+def _as_float(x, dtype=tf.float32):
+    return tf.cast(tf.convert_to_tensor(x), dtype)
+
+
+def _is_concrete(x):
+    return isinstance(x, (np.ndarray, list, tuple)) or (tf.is_tensor(x) and tf.executing_eagerly())
+
+
+def polygon_area(polygon):
+    """Signed shoelace area of polygons [..., V, 2] -> [...] float32, pixels^2 (positive when the
+    vertices run clockwise on screen, i.e. counter-clockwise with y up). Padding by repeating the
+    last vertex leaves the area unchanged."""
+    p = _as_float(polygon, tf.float64)
+    q = p - p[..., :1, :]
+    x, y = q[..., 0], q[..., 1]
+    cross = x * tf.roll(y, -1, axis=-1) - tf.roll(x, -1, axis=-1) * y
+    return tf.cast(0.5 * tf.reduce_sum(cross, axis=-1), tf.float32)
+
+
+def validate_polygon(polygon, name="polygon", require_area=True):
+    """Checks a concrete polygon [V, 2]: at least 3 vertices, finite coordinates and (optionally)
+    non-zero area. Raises GeometryError naming `name` and the problem; returns float32 numpy [V, 2]."""
+    p = np.asarray(polygon, dtype=np.float64)
+    if p.ndim != 2 or p.shape[-1] != 2:
+        raise GeometryError("bad_shape", f"{name}: expected vertices of shape [V, 2], got {p.shape}")
+    if p.shape[0] < 3:
+        raise GeometryError("fewer_than_3_points", f"{name}: {p.shape[0]} vertices, a polygon needs at least 3")
+    if not np.all(np.isfinite(p)):
+        raise GeometryError("non_finite", f"{name}: NaN or infinite coordinates")
+    if require_area and abs(float(polygon_area(p))) < 1e-9:
+        raise GeometryError("zero_area", f"{name}: the polygon has zero area")
+    return p.astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Centres, rays and their decoding
+
+
+def mass_center(polygon):
+    """Area (shoelace) centroid of polygons [..., V, 2] -> [..., 2] float32, pixels.
+
+    Accumulated in float64; where the area vanishes (collinear vertices) the vertex mean is
+    returned, as the original does. Padding by repeating the last vertex leaves the area
+    centroid unchanged (not the vertex-mean fallback). Concrete inputs are validated: at least 3
+    vertices and finite coordinates, else GeometryError.
+    """
+    if _is_concrete(polygon) and np.ndim(polygon) == 2:
+        validate_polygon(polygon, require_area=False)
+    p = _as_float(polygon, tf.float64)
+    origin = p[..., :1, :]
+    q = p - origin
+    x, y = q[..., 0], q[..., 1]
+    x_next, y_next = tf.roll(x, -1, axis=-1), tf.roll(y, -1, axis=-1)
+    cross = x * y_next - x_next * y
+    twice_area = tf.reduce_sum(cross, axis=-1, keepdims=True)
+    safe = tf.where(tf.abs(twice_area) > 1e-9, twice_area, tf.ones_like(twice_area))
+    centroid = tf.stack(
+        [tf.reduce_sum((x + x_next) * cross, -1), tf.reduce_sum((y + y_next) * cross, -1)], axis=-1
+    ) / (3.0 * safe)
+    mean = tf.reduce_mean(q, axis=-2)
+    centre = tf.where(tf.abs(twice_area) > 1e-9, centroid, mean) + origin[..., 0, :]
+    return tf.cast(centre, tf.float32)
+
+
+def ray_distances(polygon, origins, num_rays, method="exact"):
+    """Ray lengths from each origin to the polygon boundary, float32 [P, N], pixels.
+
+    polygon: [V, 2] shared by all origins, or [P, V, 2], one polygon per origin (pad a polygon by
+        repeating its last vertex: degenerate edges are never hit).
+    origins: [P, 2] (x, y).
+    method:
+      "exact": ray casting against every edge; the length is the farthest crossing of the ray with
+          the boundary (so a ray leaving and re-entering a concave shape reaches its far side), and
+          MISSING_RAY when the ray meets nothing (origin outside the shape). Graph- and XLA-safe.
+      "reference": the original release's rule on contour vertices (spec section 2 step 11):
+          vertices binned by integer degree, the ray's own bin or the nearest of +-1..3 degrees
+          that holds a vertex (no wrap-around at the original's 0 degrees, which is straight down),
+          farthest vertex in that bin, MISSING_RAY if none. Computed at this project's angles with
+          the original's angle measure, so for N = 36 it equals the original's rays reordered by
+          `ray_index_map(36, "head")`. Needs 360 % N == 0 and concrete inputs (numpy).
+    """
+    if method == "reference":
+        return tf.constant(_reference_rays(np.asarray(polygon, np.float32), np.asarray(origins, np.float32), num_rays))
+    if method != "exact":
+        raise ValueError(f"unknown ray method {method!r}: use 'exact' or 'reference'")
+    if _is_concrete(polygon) and np.ndim(polygon) == 2:
+        validate_polygon(polygon)
+    if _is_concrete(origins) and not np.all(np.isfinite(np.asarray(origins, np.float64))):
+        raise GeometryError("non_finite", "origins: NaN or infinite coordinates")
+    poly = _as_float(polygon)
+    origins = _as_float(origins)
+    if poly.shape.rank == 2:
+        poly = poly[tf.newaxis]
+    angles = ray_angles(num_rays)
+    ux, uy = tf.cos(angles)[None, :, None], tf.sin(angles)[None, :, None]  # [1, N, 1]
+    start = poly - origins[:, None, :]  # edge starts relative to the origin, [P or 1, V, 2]
+    edge = tf.roll(poly, -1, axis=-2) - poly
+    wx, wy = start[..., 0][:, None, :], start[..., 1][:, None, :]  # [P, 1, V]
+    ex, ey = edge[..., 0][:, None, :], edge[..., 1][:, None, :]
+    # Solve origin + t*u = start + s*edge with 2-D cross products.
+    denom = ux * ey - uy * ex  # [P, N, V]
+    safe = tf.where(tf.abs(denom) > 1e-12, denom, tf.ones_like(denom))
+    t = (wx * ey - wy * ex) / safe
+    s = (wx * uy - wy * ux) / safe
+    eps = 1e-5  # accepts crossings exactly at a vertex despite float32 rounding
+    hit = (tf.abs(denom) > 1e-12) & (t >= 0.0) & (s >= -eps) & (s <= 1.0 + eps)
+    farthest = tf.reduce_max(tf.where(hit, t, tf.zeros_like(t)), axis=-1)
+    return tf.maximum(farthest, MISSING_RAY)
+
+
+def _reference_rays(contour, origins, num_rays):
+    """The original's vertex-binning rule at this project's angles; numpy float32 [P, N]."""
+    if 360 % num_rays:
+        raise ValueError(f"method='reference' needs 360 % num_rays == 0, got num_rays={num_rays}")
+    contour = validate_polygon(contour, "contour", require_area=False)
+    origins = np.asarray(origins, np.float32).reshape(-1, 2)
+    dx = contour[None, :, 0] - origins[:, None, 0]
+    dy = contour[None, :, 1] - origins[:, None, 1]
+    # The original's angle: 0 degrees straight down, increasing towards the right; float32 like the original.
+    degrees = np.arctan2(dx, dy) * np.float32(180.0 / np.pi)
+    degrees = np.where(degrees < 0, degrees + np.float32(360.0), degrees)
+    bins = degrees.astype(np.int64)
+    dist = np.sqrt(dx * dx + dy * dy)
+    table = np.full((origins.shape[0], 361), -1.0, np.float32)  # bin 360 only from rounding of -0.0
+    rows = np.broadcast_to(np.arange(origins.shape[0])[:, None], bins.shape)
+    np.maximum.at(table, (rows, bins), dist)
+    # Our ray k points at theta_k = 360k/N; in the original's measure that is (90 - theta_k) mod 360.
+    target = (90 - np.arange(num_rays) * (360 // num_rays)) % 360
+    candidates = target[:, None] + _REFERENCE_SEARCH_OFFSETS[None, :]  # [N, 7]
+    in_range = (candidates >= 0) & (candidates < 360)
+    values = table[:, np.clip(candidates, 0, 359)]  # [P, N, 7]
+    found = in_range[None] & (values >= 0)
+    first = np.argmax(found, axis=-1)
+    chosen = np.take_along_axis(values, first[..., None], axis=-1)[..., 0]
+    return np.where(found.any(axis=-1), chosen, np.float32(MISSING_RAY)).astype(np.float32)
+
+
+def polar_centerness(rays):
+    """Polar centerness sqrt(min_k d_k / max_k d_k) of rays [..., N] -> [...] float32 (0 if all 0)."""
+    rays = _as_float(rays)
+    longest = tf.reduce_max(rays, axis=-1)
+    ratio = tf.reduce_min(rays, axis=-1) / tf.where(longest > 0, longest, tf.ones_like(longest))
+    return tf.sqrt(tf.where(longest > 0, ratio, tf.zeros_like(ratio)))
+
+
+def rays_to_polygon(origins, rays, image_shape=None):
+    """Decodes rays into polygon vertices: [..., 2] origins and [..., N] lengths -> [..., N, 2] float32.
+
+    image_shape: optional (height, width), or a tensor [..., 2] broadcastable to the origins (one
+        extent per image); vertices are then clipped to x in [0, width - 1], y in [0, height - 1].
+    """
+    origins = _as_float(origins)
+    rays = _as_float(rays)
+    angles = ray_angles(rays.shape[-1])
+    x = origins[..., 0:1] + rays * tf.cos(angles)
+    y = origins[..., 1:2] + rays * tf.sin(angles)
+    if image_shape is not None:
+        extent = _as_float(image_shape)
+        height, width = extent[..., 0:1], extent[..., 1:2]
+        x = tf.clip_by_value(x, 0.0, width - 1.0)
+        y = tf.clip_by_value(y, 0.0, height - 1.0)
+    return tf.stack([x, y], axis=-1)
+
+
+# --------------------------------------------------------------------------------------------
+# Rasterisation and masks
+
+
+def _scanline_cover(crossings, width):
+    """Pixels of each row covered by the closed intervals between sorted pairs of crossings.
+
+    crossings: [R, E] x positions (+inf where an edge does not cross the row). Pixel j is covered
+    when it lies inside an interval (odd number of crossings to its left) or within
+    RASTER_TOLERANCE of a crossing. Returns bool [R, width].
+    """
+    ordered = tf.sort(crossings, axis=-1)
+    columns = tf.range(width, dtype=tf.float32)
+    rows = tf.shape(ordered)[0]
+    upper = tf.broadcast_to(columns + RASTER_TOLERANCE, [rows, width])
+    lower = tf.broadcast_to(columns - RASTER_TOLERANCE, [rows, width])
+    left_or_on = tf.searchsorted(ordered, upper, side="right")
+    strictly_left = tf.searchsorted(ordered, lower, side="left")
+    return (strictly_left % 2 == 1) | (left_or_on > strictly_left)
+
+
+def rasterize(polygons, height, width):
+    """Fills polygons [..., V, 2] (float pixels) into bool masks [..., height, width].
+
+    Rounding rule: pixel (row i, column j) is set when its centre (x=j, y=i) lies inside the
+    polygon or on its boundary (within RASTER_TOLERANCE px). There is no half-pixel bias, and a
+    mask's outer contour (vertices at boundary pixel centres) rasterises back to that mask.
+    The original floored the vertices and drew them with cv2.drawContours, which adds about half
+    a pixel up and to the left (a radius-20 circle fills 1295 px there, about 1257 here).
+
+    Even-odd scanline fill evaluated twice, once with edges half-open at the top and once at the
+    bottom; their union is the closed polygon, so top rows, bottom rows and horizontal edges that
+    pass through pixel centres are all included.
+    """
+    p = _as_float(polygons)
+    batch_shape = tf.shape(p)[:-2]
+    p = tf.reshape(p, [-1, tf.shape(p)[-2], 2])
+    start, end = p, tf.roll(p, -1, axis=-2)
+    xa, ya = start[..., 0][:, None, :], start[..., 1][:, None, :]  # [K, 1, V]
+    xb, yb = end[..., 0][:, None, :], end[..., 1][:, None, :]
+    rows = tf.range(height, dtype=tf.float32)[None, :, None]  # [1, H, 1]
+    dy = yb - ya
+    x_cross = xa + (rows - ya) * (xb - xa) / tf.where(dy != 0, dy, tf.ones_like(dy))  # [K, H, V]
+    low, high = tf.minimum(ya, yb), tf.maximum(ya, yb)
+    inf = tf.constant(np.inf, tf.float32)
+    masks = None
+    for crosses in ((low <= rows) & (rows < high), (low < rows) & (rows <= high)):
+        candidates = tf.where(crosses, x_cross, inf)
+        covered = _scanline_cover(tf.reshape(candidates, [-1, tf.shape(candidates)[-1]]), width)
+        masks = covered if masks is None else masks | covered
+    return tf.reshape(masks, tf.concat([batch_shape, [height, width]], axis=0))
+
+
+def rasterize_reference(polygon, height, width):
+    """The original release's rasterisation, for parity checks: vertices [V, 2] truncated to
+    integers, then `cv2.drawContours(..., thickness=-1)` (filled, boundary drawn 8-connected).
+    Numpy bool [height, width]; biased by about half a pixel up-left (see `rasterize`)."""
+    canvas = np.zeros((int(height), int(width)), np.uint8)
+    vertices = np.asarray(polygon, np.float32).astype(np.int32).reshape(-1, 1, 2)
+    cv2.drawContours(canvas, [vertices], -1, 1, thickness=-1)
+    return canvas.astype(bool)
+
+
+def mask_iou(masks_a, masks_b):
+    """IoU of boolean masks [..., H, W] pairwise by position -> [...] float32 (0 when both are empty)."""
+    a = tf.cast(masks_a, tf.bool)
+    b = tf.cast(masks_b, tf.bool)
+    inter = tf.reduce_sum(tf.cast(a & b, tf.float32), axis=[-2, -1])
+    union = tf.reduce_sum(tf.cast(a | b, tf.float32), axis=[-2, -1])
+    return tf.where(union > 0, inter / tf.where(union > 0, union, tf.ones_like(union)), tf.zeros_like(union))
+
+
+def outer_contours(mask):
+    """Outer contours of a 2-D mask, largest area first: list of float32 [V, 2] (x, y) at pixel
+    centres. Works with OpenCV 3 (3 return values) and 4/5 (2 return values)."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise GeometryError("bad_shape", f"mask: expected a 2-D array, got shape {mask.shape}")
+    found = cv2.findContours(
+        np.ascontiguousarray(mask != 0, dtype=np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE
+    )
+    contours = found[-2]
+    contours = sorted(contours, key=lambda c: (cv2.contourArea(c), len(c)), reverse=True)
+    return [c.reshape(-1, 2).astype(np.float32) for c in contours]
+
+
+def largest_contour(mask):
+    """The outer contour of largest area of a 2-D mask, float32 [V, 2] (x, y) at pixel centres.
+
+    Raises GeometryError("empty_mask") when the mask has no pixel set. A single pixel or a
+    one-pixel-wide line gives a contour with fewer than 3 vertices or zero area; callers that
+    cast rays validate it.
+    """
+    contours = outer_contours(mask)
+    if not contours:
+        raise GeometryError("empty_mask", "mask: no pixel is set")
+    return contours[0]
+
+
+# --------------------------------------------------------------------------------------------
+# COCO segmentations
+
+
+def _coco_rle(segmentation, height, width):
+    size = segmentation.get("size")
+    counts = segmentation.get("counts")
+    if size is None or counts is None:
+        raise GeometryError("bad_segmentation", "RLE segmentation needs 'size' and 'counts'")
+    if [int(v) for v in size] != [int(height), int(width)]:
+        raise GeometryError(
+            "rle_size_mismatch", f"RLE size {list(size)} does not match the image size [{height}, {width}]"
+        )
+    if isinstance(counts, list):
+        return coco_mask.frPyObjects(segmentation, int(height), int(width))
+    return segmentation
+
+
+def _coco_polygon_parts(segmentation):
+    parts = []
+    for index, flat in enumerate(segmentation):
+        coords = np.asarray(flat, dtype=np.float64)
+        if coords.ndim != 1 or coords.size % 2:
+            raise GeometryError("bad_segmentation", f"polygon part {index}: odd number of coordinates")
+        parts.append(validate_polygon(coords.reshape(-1, 2), name=f"polygon part {index}"))
+    if not parts:
+        raise GeometryError("bad_segmentation", "empty polygon list")
+    return parts
+
+
+def coco_segmentation_to_polygons(segmentation, height, width):
+    """COCO segmentation -> polygon parts, a list of float32 [V, 2] (x, y) arrays.
+
+    Polygon lists are returned part by part as given (each checked: 3+ vertices, finite, non-zero
+    area). RLE (compressed or uncompressed, its size must equal [height, width]) is decoded and
+    traced: its outer contours, largest first. Raises GeometryError with a reason.
+    """
+    if isinstance(segmentation, dict):
+        parts = outer_contours(coco_mask.decode(_coco_rle(segmentation, height, width)))
+        parts = [p for p in parts if len(p) >= 3 and abs(float(polygon_area(p))) > 0]
+        if not parts:
+            raise GeometryError("empty_mask", "RLE segmentation: no contour with 3 or more vertices")
+        return parts
+    if isinstance(segmentation, (list, tuple)):
+        return _coco_polygon_parts(segmentation)
+    raise GeometryError("bad_segmentation", f"segmentation of type {type(segmentation).__name__}")
+
+
+def coco_segmentation_to_mask(segmentation, height, width):
+    """COCO segmentation (polygon list or RLE) -> uint8 mask [height, width] with COCO's own
+    polygon rasterisation (pycocotools), as COCO evaluation sees it."""
+    if isinstance(segmentation, dict):
+        rle = _coco_rle(segmentation, height, width)
+    elif isinstance(segmentation, (list, tuple)):
+        parts = _coco_polygon_parts(segmentation)
+        rles = coco_mask.frPyObjects([p.reshape(-1).astype(np.float64).tolist() for p in parts], height, width)
+        rle = coco_mask.merge(rles)
+    else:
+        raise GeometryError("bad_segmentation", f"segmentation of type {type(segmentation).__name__}")
+    return coco_mask.decode(rle)

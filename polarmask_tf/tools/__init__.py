@@ -1,0 +1,1 @@
+"""Command-line tools (`python -m polarmask_tf.tools.<name>`)."""
