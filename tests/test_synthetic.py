@@ -85,8 +85,9 @@ def test_polygons_match_area_and_lie_in_bbox(dataset):
             x, y, w, h = annotation["bbox"]
             for part in annotation["segmentation"]:
                 points = np.array(part).reshape(-1, 2)
-                assert points[:, 0].min() >= x and points[:, 0].max() <= x + w - 1
-                assert points[:, 1].min() >= y and points[:, 1].max() <= y + h - 1
+                # COCO puts pixel centres at +0.5: the bbox [x, x + w] spans the pixels' edges
+                assert points[:, 0].min() >= x + 0.5 and points[:, 0].max() <= x + w - 0.5
+                assert points[:, 1].min() >= y + 0.5 and points[:, 1].max() <= y + h - 0.5
             assert coco.annToMask(annotation).shape == (image["height"], image["width"])
 
 
@@ -219,7 +220,7 @@ def test_cli_rejects_invalid_arguments(tmp_path, capsys):
     assert make_synthetic.main(["--output", str(tmp_path), "--num-images", "0"]) != 0
     assert "num_images" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
-        make_synthetic.main(["--num-images", "3"])
+        make_synthetic.main(["--output", str(tmp_path), "--num-images", "three"])
     assert exit_info.value.code != 0
 
 

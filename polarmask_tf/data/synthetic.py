@@ -10,7 +10,9 @@ Conventions used throughout:
   * images are uint8 RGB arrays [H, W, 3]; pixel (x, y) is image[y, x];
   * masks are bool arrays [H, W];
   * polygon coordinates are float32 [K, 2] (x, y) in pixels, with the centre of pixel x at
-    coordinate x, exactly as cv2.findContours reports them (no +0.5 shift);
+    coordinate x, exactly as cv2.findContours reports them; the COCO json puts pixel centres at
+    x + 0.5 (COCO's convention, which pycocotools rasterises by), so it holds the same
+    polygons shifted by COCO_PIXEL_OFFSET;
   * bbox is COCO [x, y, w, h] in pixels: (x, y) is the top-left visible pixel and
     w = xmax - xmin + 1, h = ymax - ymin + 1.
 
@@ -46,6 +48,7 @@ MAX_POLYGON_ERROR = 0.1
 MIN_COLOUR_DISTANCE = 90.0
 JPEG_QUALITY = 95
 SPLITS = ("train", "val")
+COCO_PIXEL_OFFSET = 0.5
 
 _SUBPIXEL_BITS = 4
 
@@ -281,7 +284,7 @@ def _coco_annotation(instance, annotation_id, image_id):
         "id": annotation_id,
         "image_id": image_id,
         "category_id": instance["category_id"],
-        "segmentation": [[float(v) for v in p.reshape(-1)] for p in instance["polygons"]],
+        "segmentation": [[float(v) for v in (p + COCO_PIXEL_OFFSET).reshape(-1)] for p in instance["polygons"]],
         "area": instance["area"],
         "bbox": instance["bbox"],
         "iscrowd": 0,
