@@ -21,14 +21,59 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass
 class PolarConfig:
-    """How instances become rays."""
+    """How instances become dense per-location targets (spec section 2)."""
 
     num_rays: int = 36
     """Rays per instance; ray k points at 2*pi*k/num_rays (0 = right, num_rays/4 = down)."""
     ray_method: typing.Literal["exact", "reference"] = "exact"
     """"exact" ray casting, or the original release's 1-degree vertex bins ("reference")."""
     center: typing.Literal["mass", "box"] = "mass"
-    """Instance centre for ray targets: polygon mass centre or box centre."""
+    """Centre of the centre-sampling window: mass centre of the largest part, or box centre."""
+    strides: typing.Tuple[int, ...] = (8, 16, 32, 64, 128)
+    """FPN level strides P3..P7, pixels."""
+    regress_ranges: typing.Tuple[typing.Tuple[float, float], ...] = (
+        (-1.0, 64.0), (64.0, 128.0), (128.0, 256.0), (256.0, 512.0), (512.0, 1e8))
+    """Per level, the inclusive range of max(l, t, r, b) a positive location may have, pixels."""
+    center_sample_radius: float = 1.5
+    """Positives lie within radius * stride of the centre (and inside the box)."""
+    positives_per_chunk: int = 256
+    """Rays are cast for positives in chunks of this many locations (memory vs. loop trips)."""
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """The network."""
+
+    backbone: typing.Literal["resnet50", "resnet101", "mobilenet_v2", "tiny"] = "resnet50"
+    """Also decides the input normalisation (data.pipeline.normalize_image)."""
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Input pipeline (data.pipeline.build_dataset)."""
+
+    train_files: str = "data/synthetic/tfrecords/train-*.tfrecord"
+    """Glob of training TFRecord shards (tools/create_tfrecords)."""
+    val_files: str = "data/synthetic/tfrecords/val-*.tfrecord"
+    image_size: typing.Tuple[int, int] = (512, 512)
+    """(height, width) the image is resized into; padded up to multiples of size_divisor."""
+    resize: typing.Literal["keep_ratio", "stretch"] = "keep_ratio"
+    """keep_ratio: fit inside image_size keeping the aspect ratio; stretch: exactly image_size (the original)."""
+    size_divisor: int = 128
+    scale_range: typing.Optional[typing.Tuple[float, float]] = None
+    """Multi-scale training: image_size is multiplied by a factor drawn uniformly from this range."""
+    hflip_prob: float = 0.5
+    photometric_jitter: bool = False
+    """Random brightness, contrast, saturation and hue when training."""
+    max_instances: int = 100
+    """Instances per image after padding; the largest are kept when an image has more."""
+    max_vertices: int = 128
+    """Vertices of each instance's largest polygon part (padded, or subsampled when longer)."""
+    batch_size: int = 4
+    """Global batch size (split across replicas)."""
+    shuffle_buffer: int = 256
+    deterministic: bool = False
+    seed: int = 0
 
 
 @dataclasses.dataclass
@@ -48,6 +93,8 @@ class Config:
     """Everything a run needs; one section per component."""
 
     polar: PolarConfig = dataclasses.field(default_factory=PolarConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
     synthetic: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)
 
 
@@ -92,6 +139,11 @@ def _convert(value, tp, key):
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 reads exponents without a dot ("1e8") as strings
+            return float(value)
+        except ValueError:
+            pass
     if tp in (int, float) and isinstance(value, bool):
         raise ConfigError(f"{key}: expected {tp.__name__}, got the boolean {value!r}")
     if not isinstance(value, tp):

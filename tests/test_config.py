@@ -47,13 +47,15 @@ def test_nested_types_convert():
     assert config.inner.scales == (4, 5, 6) and config.inner.ratio == 2.0 and config.inner.name == "p3"
     assert config.steps == [1]
     assert cfg.apply_overrides(config, ["inner.name=null"]).inner.name is None
+    assert cfg.apply_overrides(config, ["inner.ratio=1e8"]).inner.ratio == 1e8  # YAML reads 1e8 as a string
 
 
 @pytest.mark.parametrize(
     "override, message",
     [
         ("polar.num_ray=4", "unknown key 'polar.num_ray'"),
-        ("model.depth=50", "unknown key 'model'"),
+        ("trainer.steps=50", "unknown key 'trainer'"),
+        ("polar.center_sample_radius=wide", "polar.center_sample_radius: expected float, got str"),
         ("polar.num_rays=many", "polar.num_rays: expected int, got str"),
         ("polar.num_rays=true", "polar.num_rays: expected int, got the boolean"),
         ("polar.num_rays=3.5", "polar.num_rays: expected int, got float"),
