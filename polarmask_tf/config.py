@@ -31,6 +31,10 @@ class PolarConfig:
     """Centre of the centre-sampling window: mass centre of the largest part, or box centre."""
     strides: typing.Tuple[int, ...] = (8, 16, 32, 64, 128)
     """FPN level strides P3..P7, pixels."""
+    grid: typing.Literal["cell_center", "original"] = "cell_center"
+    """Location (i, j) of a level with stride s sits at x = j*s + (s-1)/2 ("cell_center": the
+    centre of its s x s pixel cell, symmetric under flips) or x = j*s + s//2 ("original": half a
+    pixel right of and below it, as the original release)."""
     regress_ranges: typing.Tuple[typing.Tuple[float, float], ...] = (
         (-1.0, 64.0), (64.0, 128.0), (128.0, 256.0), (256.0, 512.0), (512.0, 1e8))
     """Per level, the inclusive range of max(l, t, r, b) a positive location may have, pixels."""

@@ -8,8 +8,8 @@ Conventions (the paper's, used everywhere in polarmask_tf):
 - A ray that meets no boundary (origin outside the shape) has length MISSING_RAY.
 
 The functions taking polygons and origins are TensorFlow ops (they accept numpy arrays) and are
-vectorised over vertices, rays and origins. `largest_contour`, the COCO conversions and the
-`method="reference"` rays use numpy/OpenCV and run eagerly only.
+vectorised over vertices, rays and origins. `largest_contour`, `rasterize_reference` and the COCO
+conversions use numpy/OpenCV and run eagerly only.
 """
 
 import cv2
@@ -145,31 +145,34 @@ def ray_distances(polygon, origins, num_rays, method="exact"):
     """Ray lengths from each origin to the polygon boundary, float32 [P, N], pixels.
 
     polygon: [V, 2] shared by all origins, or [P, V, 2], one polygon per origin (pad a polygon by
-        repeating its last vertex: degenerate edges are never hit).
+        repeating its last vertex: degenerate edges are never hit, repeated vertices change no bin).
     origins: [P, 2] (x, y).
     method:
       "exact": ray casting against every edge; the length is the farthest crossing of the ray with
           the boundary (so a ray leaving and re-entering a concave shape reaches its far side), and
-          MISSING_RAY when the ray meets nothing (origin outside the shape). Graph- and XLA-safe.
+          MISSING_RAY when the ray meets nothing (origin outside the shape).
       "reference": the original release's rule on contour vertices (spec section 2 step 11):
           vertices binned by integer degree, the ray's own bin or the nearest of +-1..3 degrees
           that holds a vertex (no wrap-around at the original's 0 degrees, which is straight down),
           farthest vertex in that bin, MISSING_RAY if none. Computed at this project's angles with
           the original's angle measure, so for N = 36 it equals the original's rays reordered by
-          `ray_index_map(36, "head")`. Needs 360 % N == 0 and concrete inputs (numpy).
+          `ray_index_map(36, "head")`. Needs 360 % N == 0 and dense contour vertices.
+    Both are graph- and XLA-safe.
     """
-    if method == "reference":
-        return tf.constant(_reference_rays(np.asarray(polygon, np.float32), np.asarray(origins, np.float32), num_rays))
-    if method != "exact":
+    if method not in ("exact", "reference"):
         raise ValueError(f"unknown ray method {method!r}: use 'exact' or 'reference'")
+    if method == "reference" and 360 % num_rays:
+        raise ValueError(f"method='reference' needs 360 % num_rays == 0, got num_rays={num_rays}")
     if _is_concrete(polygon) and np.ndim(polygon) == 2:
-        validate_polygon(polygon)
+        validate_polygon(polygon, "contour" if method == "reference" else "polygon", require_area=method == "exact")
     if _is_concrete(origins) and not np.all(np.isfinite(np.asarray(origins, np.float64))):
         raise GeometryError("non_finite", "origins: NaN or infinite coordinates")
     poly = _as_float(polygon)
-    origins = _as_float(origins)
+    origins = tf.reshape(_as_float(origins), [-1, 2])
     if poly.shape.rank == 2:
         poly = poly[tf.newaxis]
+    if method == "reference":
+        return _reference_rays(poly, origins, num_rays)
     angles = ray_angles(num_rays)
     ux, uy = tf.cos(angles)[None, :, None], tf.sin(angles)[None, :, None]  # [1, N, 1]
     start = poly - origins[:, None, :]  # edge starts relative to the origin, [P or 1, V, 2]
@@ -187,31 +190,35 @@ def ray_distances(polygon, origins, num_rays, method="exact"):
     return tf.maximum(farthest, MISSING_RAY)
 
 
-def _reference_rays(contour, origins, num_rays):
-    """The original's vertex-binning rule at this project's angles; numpy float32 [P, N]."""
-    if 360 % num_rays:
-        raise ValueError(f"method='reference' needs 360 % num_rays == 0, got num_rays={num_rays}")
-    contour = validate_polygon(contour, "contour", require_area=False)
-    origins = np.asarray(origins, np.float32).reshape(-1, 2)
-    dx = contour[None, :, 0] - origins[:, None, 0]
-    dy = contour[None, :, 1] - origins[:, None, 1]
-    # The original's angle: 0 degrees straight down, increasing towards the right; float32 like the original.
-    degrees = np.arctan2(dx, dy) * np.float32(180.0 / np.pi)
-    degrees = np.where(degrees < 0, degrees + np.float32(360.0), degrees)
-    bins = degrees.astype(np.int64)
-    dist = np.sqrt(dx * dx + dy * dy)
-    table = np.full((origins.shape[0], 361), -1.0, np.float32)  # bin 360 only from rounding of -0.0
-    rows = np.broadcast_to(np.arange(origins.shape[0])[:, None], bins.shape)
-    np.maximum.at(table, (rows, bins), dist)
+def _reference_rays(contours, origins, num_rays):
+    """The original's vertex-binning rule at this project's angles.
+
+    contours: float32 [P or 1, V, 2]; origins: float32 [P, 2]. Returns float32 [P, N].
+    """
+    dx = contours[..., 0] - origins[:, 0:1]  # [P, V]
+    dy = contours[..., 1] - origins[:, 1:2]
+    # The original's angle: 0 degrees straight down, increasing towards the right, float32 and
+    # computed as atan2 * 180 / pi in that order, so that vertices fall in the same integer bins.
+    degrees = tf.atan2(dx, dy) * 180.0 / np.float32(np.pi)
+    degrees = tf.where(degrees < 0, degrees + 360.0, degrees)
+    bins = tf.minimum(tf.cast(degrees, tf.int32), 360)  # 360 only from rounding just below 0
+    dist = tf.sqrt(dx * dx + dy * dy)
+    num_origins = tf.shape(dist)[0]
+    segments = tf.range(num_origins)[:, None] * 361 + bins
+    table = tf.math.unsorted_segment_max(
+        tf.reshape(dist, [-1]), tf.reshape(segments, [-1]), num_segments=num_origins * 361
+    )
+    table = tf.reshape(tf.where(table >= 0, table, -1.0), [-1, 361])  # empty bins -> -1
     # Our ray k points at theta_k = 360k/N; in the original's measure that is (90 - theta_k) mod 360.
     target = (90 - np.arange(num_rays) * (360 // num_rays)) % 360
     candidates = target[:, None] + _REFERENCE_SEARCH_OFFSETS[None, :]  # [N, 7]
     in_range = (candidates >= 0) & (candidates < 360)
-    values = table[:, np.clip(candidates, 0, 359)]  # [P, N, 7]
-    found = in_range[None] & (values >= 0)
-    first = np.argmax(found, axis=-1)
-    chosen = np.take_along_axis(values, first[..., None], axis=-1)[..., 0]
-    return np.where(found.any(axis=-1), chosen, np.float32(MISSING_RAY)).astype(np.float32)
+    values = tf.gather(table, np.clip(candidates, 0, 359), axis=1)  # [P, N, 7]
+    found = tf.constant(in_range)[None] & (values >= 0)
+    order = tf.range(len(_REFERENCE_SEARCH_OFFSETS))
+    first = tf.reduce_min(tf.where(found, order, len(_REFERENCE_SEARCH_OFFSETS)), axis=-1)
+    chosen = tf.gather(values, tf.minimum(first, len(_REFERENCE_SEARCH_OFFSETS) - 1), batch_dims=2)
+    return tf.where(tf.reduce_any(found, axis=-1), chosen, MISSING_RAY)
 
 
 def polar_centerness(rays):

@@ -116,8 +116,9 @@ def parse_example(serialized):
 
 
 def largest_parts(parsed, max_vertices):
-    """Each instance's largest polygon part at a fixed vertex count: float32 [M, max_vertices, 2].
+    """Each instance's largest polygon part at a fixed vertex count.
 
+    Returns (polygons float32 [M, max_vertices, 2], num_vertices int32 [M], the valid prefix).
     A part with fewer vertices is padded by repeating its last vertex (degenerate edges, which ray
     casting and areas ignore); a part with more is subsampled at indices floor(j * n / max_vertices),
     as the original's fast loader did for long contours.
@@ -130,7 +131,7 @@ def largest_parts(parsed, max_vertices):
     n = count[:, None]
     subsampled = (j * n) // max_vertices
     local = tf.where(n > max_vertices, subsampled, tf.minimum(j, n - 1))
-    return tf.gather(parsed["part_vertices"], start[:, None] + local)
+    return tf.gather(parsed["part_vertices"], start[:, None] + local), tf.minimum(count, max_vertices)
 
 
 def instance_parts(parsed, index):
