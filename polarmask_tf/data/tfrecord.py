@@ -2,8 +2,10 @@
 by data/pipeline. This module is the only place that knows the feature keys.
 
 Coordinates are pixels in this project's frame (pixel (row i, column j) has its centre at
-(x=j, y=i)), i.e. COCO polygon coordinates minus 0.5. Boxes are [x1, y1, x2, y2] with x2, y2 the
-last covered pixel centre (the original's inclusive-pixel boxes).
+(x=j, y=i)), i.e. COCO polygon coordinates minus 0.5, clipped to the image's outer pixel edges
+[-0.5, width - 0.5] x [-0.5, height - 0.5]. Boxes are [x1, y1, x2, y2], the extent of all of an
+instance's parts (for a mask's contour: the first and last pixel centres, the original's
+inclusive-pixel box).
 
 | key | type | shape | meaning |
 |---|---|---|---|
@@ -84,7 +86,7 @@ def encode_example(record):
         "part/num_vertices": _ints([len(part) for part in parts]),
         "part/vertices": _floats(np.concatenate(parts) if parts else np.zeros((0, 2))),
     }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
 
 
 def parse_example(serialized):
