@@ -40,7 +40,7 @@ class PolarConfig:
     """Per level, the inclusive range of max(l, t, r, b) a positive location may have, pixels."""
     center_sample_radius: float = 1.5
     """Positives lie within radius * stride of the centre (and inside the box)."""
-    positives_per_chunk: int = 256
+    positives_per_chunk: int = 64
     """Rays are cast for positives in chunks of this many locations (memory vs. loop trips)."""
 
 
@@ -73,6 +73,8 @@ class DataConfig:
     """Instances per image after padding; the largest are kept when an image has more."""
     max_vertices: int = 128
     """Vertices of each instance's largest polygon part (padded, or subsampled when longer)."""
+    jit_targets: bool = True
+    """Encode targets with XLA inside the tf.data map (one compilation per padded image shape)."""
     batch_size: int = 4
     """Global batch size (split across replicas)."""
     shuffle_buffer: int = 256

@@ -4,6 +4,8 @@ import dataclasses
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import tensorflow as tf
 
 from polarmask_tf import config as cfg
@@ -127,3 +129,49 @@ def test_horizontal_flip_mirrors_the_targets():
     np.testing.assert_allclose(flipped["centerness"].numpy()[partner], original["centerness"], atol=1e-4)
     swapped = flipped["boxes"].numpy()[partner][:, [2, 1, 0, 3]]
     np.testing.assert_allclose(swapped, original["boxes"], atol=1e-4)
+
+
+def dense_assignment(labels, boxes, centres, image_shape, polar):
+    """Brute force over every location and instance (the original's formulation), numpy."""
+    points, levels = targets.fpn_points(*image_shape, polar.strides, polar.grid)
+    strides = np.asarray(polar.strides, np.float32)[levels][:, None]
+    ranges = np.asarray(polar.regress_ranges, np.float32)[levels]
+    x, y = points[:, :1], points[:, 1:]
+    x1, y1, x2, y2 = boxes.T[:, None, :]
+    ltrb = np.stack([x - x1, y - y1, x2 - x, y2 - y], -1)
+    r = strides * polar.center_sample_radius
+    cx, cy = centres.T[:, None, :]
+    inside = (x > np.maximum(cx - r, x1)) & (x < np.minimum(cx + r, x2)) & (y > np.maximum(cy - r, y1)) & (y < np.minimum(cy + r, y2))
+    extent = ltrb.max(-1)
+    ok = inside & (extent >= ranges[:, :1]) & (extent <= ranges[:, 1:]) & (labels > 0)[None]
+    area = (boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)
+    if not len(labels):
+        return np.zeros(len(points), np.int32), np.zeros((len(points), 4), np.float32)
+    key = np.where(ok, area[None], np.inf)
+    winner = np.argmin(key, axis=1)  # numpy: first index among ties
+    positive = ok.any(1)
+    return np.where(positive, labels[winner], 0), np.where(positive[:, None], ltrb[np.arange(len(points)), winner], 0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    data=st.lists(
+        st.tuples(st.floats(0, 250), st.floats(0, 250), st.floats(4, 300), st.floats(4, 300),
+                  st.floats(0, 1), st.floats(0, 1), st.integers(0, 5)),
+        min_size=0, max_size=12,
+    ),
+    radius=st.sampled_from([1.0, 1.5, 2.5]),
+    grid=st.sampled_from(["cell_center", "original"]),
+)
+def test_candidate_enumeration_equals_the_dense_rule(data, radius, grid):
+    polar = dataclasses.replace(cfg.PolarConfig(), center_sample_radius=radius, grid=grid)
+    rows = np.array(data, np.float32).reshape(-1, 7)
+    boxes = np.stack([rows[:, 0], rows[:, 1], rows[:, 0] + rows[:, 2], rows[:, 1] + rows[:, 3]], -1)
+    boxes = np.round(boxes)  # integer boxes produce exact ties between equal areas
+    centres = boxes[:, :2] + rows[:, 4:6] * (boxes[:, 2:] - boxes[:, :2])
+    labels = rows[:, 6].astype(np.int32)
+    polygons = np.stack([boxes[:, [0, 1]], boxes[:, [2, 1]], boxes[:, [2, 3]], boxes[:, [0, 3]]], 1)
+    encoded = targets.encode_targets(labels, boxes, centres, polygons, (256, 384), polar)
+    want_labels, want_boxes = dense_assignment(labels, boxes, centres, (256, 384), polar)
+    np.testing.assert_array_equal(encoded["labels"], want_labels)
+    np.testing.assert_allclose(encoded["boxes"], want_boxes, atol=1e-4)

@@ -65,6 +65,10 @@ def make_example_fn(config, training):
     """The per-example map function: (serialized string, seed int64 [2]) -> (image, targets)."""
     data, polar = config.data, config.polar
     padded = padded_image_shape(data)
+    encode = tf.function(
+        lambda labels, boxes, centers, polygons: targets.encode_targets(labels, boxes, centers, polygons, padded, polar),
+        jit_compile=data.jit_targets,
+    )
 
     def example_fn(serialized, seed):
         parsed = tfrecord.parse_example(serialized)
@@ -95,9 +99,7 @@ def make_example_fn(config, training):
             centers = tf.stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2], axis=-1)
         else:
             centers = instances.centers
-        encoded = targets.encode_targets(
-            instances.labels, instances.boxes, centers, instances.polygons, padded, polar
-        )
+        encoded = encode(instances.labels, instances.boxes, centers, instances.polygons)
         encoded.update(
             image_id=parsed["image_id"],
             image_size=original,

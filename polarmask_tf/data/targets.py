@@ -63,53 +63,94 @@ def encode_targets(labels, boxes, centers, polygons, image_shape, polar):
     boxes = tf.convert_to_tensor(boxes, tf.float32)
     centers = tf.convert_to_tensor(centers, tf.float32)
     polygons = tf.convert_to_tensor(polygons, tf.float32)
-    points_np, levels_np = fpn_points(height, width, polar.strides, polar.grid)
-    points = tf.constant(points_np)
-    strides = tf.constant(np.asarray(polar.strides, np.float32)[levels_np])[:, None]  # [P, 1]
-    ranges = np.asarray(polar.regress_ranges, np.float32)[levels_np]
-    low, high = tf.constant(ranges[:, :1]), tf.constant(ranges[:, 1:])
-
-    x, y = points[:, 0:1], points[:, 1:2]  # [P, 1]
-    x1, y1, x2, y2 = (boxes[None, :, i] for i in range(4))  # [1, M]
-    box_targets = tf.stack([x - x1, y - y1, x2 - x, y2 - y], axis=-1)  # [P, M, 4]
-
-    radius = strides * polar.center_sample_radius
-    cx, cy = centers[None, :, 0], centers[None, :, 1]
-    window = [tf.maximum(cx - radius, x1), tf.maximum(cy - radius, y1), tf.minimum(cx + radius, x2), tf.minimum(cy + radius, y2)]
-    in_window = (x > window[0]) & (y > window[1]) & (x < window[2]) & (y < window[3])
-    extent = tf.reduce_max(box_targets, axis=-1)
-    in_range = (extent >= low) & (extent <= high)
-    candidate = in_window & in_range & (labels > 0)[None, :]  # [P, M]
-
-    area = (boxes[:, 2] - boxes[:, 0] + 1.0) * (boxes[:, 3] - boxes[:, 1] + 1.0)
-    masked_area = tf.where(candidate, area[None, :], np.inf)
-    smallest = tf.reduce_min(masked_area, axis=1, keepdims=True)
+    points = tf.constant(fpn_points(height, width, polar.strides, polar.grid)[0])
+    num_points = points.shape[0]
     num_instances = tf.shape(labels)[0]
-    index = tf.range(num_instances)[None, :]
-    assigned = tf.reduce_min(tf.where(candidate & (masked_area == smallest), index, num_instances), axis=1)
-    positive = assigned < num_instances
-    assigned = tf.minimum(assigned, tf.maximum(num_instances - 1, 0))
 
-    point_labels = tf.where(positive, tf.gather(labels, assigned), 0)
-    point_boxes = tf.where(positive[:, None], tf.gather(box_targets, assigned, batch_dims=1), 0.0)
-    rays = _positive_rays(points, positive, assigned, polygons, polar)
+    point_index, instance_index, valid = _candidates(labels, boxes, centers, image_shape, polar)
+    # Ambiguity: per location the candidate with the smallest box area, then the lowest index.
+    # Invalid candidates go to an extra segment (num_points) that is dropped.
+    segment = tf.where(valid, point_index, num_points)
+    area = (boxes[:, 2] - boxes[:, 0] + 1.0) * (boxes[:, 3] - boxes[:, 1] + 1.0)
+    candidate_area = tf.where(valid, tf.gather(area, instance_index), np.inf)
+    smallest = tf.math.unsorted_segment_min(candidate_area, segment, num_points + 1)
+    best = valid & (candidate_area == tf.gather(smallest, segment))
+    winner = tf.math.unsorted_segment_min(tf.where(best, instance_index, num_instances), segment, num_points + 1)
+    assigned = tf.minimum(winner[:num_points], num_instances)  # num_instances: none (empty segments give INT_MAX)
+    positive = assigned < num_instances
+
+    # One extra all-zero instance at index num_instances makes every gather safe, even with M = 0.
+    labels_ext = tf.concat([labels, [0]], axis=0)
+    boxes_ext = tf.concat([boxes, tf.zeros([1, 4])], axis=0)
+    polygons_ext = tf.concat([polygons, tf.zeros_like(polygons[:1])], axis=0)
+    box = tf.gather(boxes_ext, assigned)
+    ltrb = tf.concat([points - box[:, :2], box[:, 2:] - points], axis=-1)
+    point_labels = tf.gather(labels_ext, assigned)
+    point_boxes = tf.where(positive[:, None], ltrb, 0.0)
+    rays = _positive_rays(points, positive, assigned, polygons_ext, polar)
     centerness = tf.where(positive, geometry.polar_centerness(rays), 0.0)
     return {"labels": point_labels, "rays": rays, "boxes": point_boxes, "centerness": centerness}
+
+
+def _candidates(labels, boxes, centers, image_shape, polar):
+    """(location index, instance index, valid) of every possible positive, each int32/bool [C].
+
+    Centre sampling confines an instance's positives on a level to the grid points strictly inside
+    centre +- radius * stride, at most K = ceil(2 * radius) per axis. Enumerating those K x K
+    points per instance and level costs O(M * levels * K^2) instead of comparing every location
+    with every instance (O(P * M)); the rules checked on them are the dense rule's, so the result
+    is identical.
+    """
+    height, width = image_shape
+    steps = max(int(np.ceil(2 * polar.center_sample_radius)), 1)
+    offsets = tf.range(steps, dtype=tf.float32)
+    x1, y1, x2, y2 = (boxes[:, i : i + 1] for i in range(4))  # [M, 1]
+    cx, cy = centers[:, 0:1], centers[:, 1:2]
+    active = (labels > 0)[:, None, None]
+    point_index, instance_index, valid = [], [], []
+    base = 0
+    for stride, (rows, cols), (low, high) in zip(
+        polar.strides, level_shapes(height, width, polar.strides), polar.regress_ranges
+    ):
+        offset = (stride - 1) / 2.0 if polar.grid == "cell_center" else float(stride // 2)
+        radius = stride * polar.center_sample_radius
+        x_low, x_high = tf.maximum(cx - radius, x1), tf.minimum(cx + radius, x2)
+        y_low, y_high = tf.maximum(cy - radius, y1), tf.minimum(cy + radius, y2)
+        # The first grid index strictly beyond the window's low edge, then `steps` indices on.
+        j = tf.floor((x_low - offset) / stride) + 1.0 + offsets  # [M, K]
+        i = tf.floor((y_low - offset) / stride) + 1.0 + offsets
+        x, y = j * stride + offset, i * stride + offset
+        inside_x = (x > x_low) & (x < x_high) & (j >= 0) & (j < cols)
+        inside_y = (y > y_low) & (y < y_high) & (i >= 0) & (i < rows)
+        x, y = x[:, None, :], y[:, :, None]  # [M, 1, K], [M, K, 1]: rows i, columns j
+        extent = tf.maximum(
+            tf.maximum(x - x1[:, :, None], y - y1[:, :, None]), tf.maximum(x2[:, :, None] - x, y2[:, :, None] - y)
+        )
+        ok = inside_x[:, None, :] & inside_y[:, :, None] & (extent >= low) & (extent <= high) & active
+        index = base + tf.cast(i, tf.int32)[:, :, None] * cols + tf.cast(j, tf.int32)[:, None, :]
+        point_index.append(tf.reshape(tf.where(ok, index, 0), [-1]))
+        instance_index.append(tf.reshape(tf.broadcast_to(tf.range(tf.shape(labels)[0])[:, None, None], tf.shape(ok)), [-1]))
+        valid.append(tf.reshape(ok, [-1]))
+        base += rows * cols
+    return tf.concat(point_index, 0), tf.concat(instance_index, 0), tf.concat(valid, 0)
 
 
 def _positive_rays(points, positive, assigned, polygons, polar):
     """Rays [P, N] from each positive location to its assigned instance's polygon; 0 for negatives.
 
-    Casting rays from all P locations would cost P x N x V; only positives need them. Their indices
-    are moved to the front by a stable sort and processed in fixed-size chunks inside a while
-    loop, so every shape stays static (XLA) and no positive is dropped however many there are.
+    Casting rays from all P locations would cost P x N x V; only positives need them. A stable
+    partition (positives first, by running counts) orders the locations, and the positives are
+    processed in fixed-size chunks inside a while loop, so every shape stays static (XLA) and no
+    positive is dropped however many there are.
     """
     num_points = points.shape[0]
     chunk = min(polar.positives_per_chunk, num_points)
     padded = -(-num_points // chunk) * chunk
-    order = tf.argsort(tf.cast(positive, tf.int32), direction="DESCENDING", stable=True)
+    as_int = tf.cast(positive, tf.int32)
+    num_positive = tf.reduce_sum(as_int)
+    rank = tf.where(positive, tf.cumsum(as_int) - 1, num_positive + tf.cumsum(1 - as_int) - 1)
+    order = tf.scatter_nd(rank[:, None], tf.range(num_points), [num_points])
     order = tf.concat([order, tf.zeros([padded - num_points], tf.int32)], axis=0)
-    num_positive = tf.reduce_sum(tf.cast(positive, tf.int32))
     num_chunks = (num_positive + chunk - 1) // chunk
 
     def body(i, rays):
