@@ -46,10 +46,25 @@ class PolarConfig:
 
 @dataclasses.dataclass
 class ModelConfig:
-    """The network."""
+    """The network: backbone (C3..C5) -> FPN (P3..P7) -> shared polar head."""
 
     backbone: typing.Literal["resnet50", "resnet101", "mobilenet_v2", "tiny"] = "resnet50"
     """Also decides the input normalisation (data.pipeline.normalize_image)."""
+    backbone_weights: typing.Optional[str] = None
+    """None (random), "imagenet" (downloaded by keras.applications), or a .weights.h5 path."""
+    freeze_stem: bool = True
+    """Freeze the stem and the first stage (the original's frozen_stages=1)."""
+    freeze_batchnorm: bool = True
+    """Backbone batch norms stay in inference mode with frozen statistics and affine parameters."""
+    num_classes: int = 80
+    """Foreground classes C (labels 1..C; 0 is background)."""
+    fpn_channels: int = 256
+    head_channels: int = 256
+    head_convs: int = 4
+    """3x3 conv + GroupNorm + ReLU layers in each of the cls, box and ray towers."""
+    group_norm_groups: int = 32
+    prior_prob: float = 0.01
+    """Initial foreground probability of the class logits (bias -log((1 - p) / p))."""
 
 
 @dataclasses.dataclass
