@@ -389,3 +389,21 @@ def test_no_record_written_exits_1_without_shards(synthetic_data, tmp_path, caps
     assert create_tfrecords.main(argv) == 1
     assert sorted(os.listdir(tmp_path / "out")) == ["train-report.json"]
     assert "missing_image: 6" in capsys.readouterr().out
+
+
+def test_a_given_label_map_is_reused_and_other_categories_are_skipped(synthetic_data, tmp_path):
+    annotations = synthetic_data / "annotations" / "instances_train.json"
+    data = json.loads(annotations.read_text())
+    kept = [c for c in data["categories"] if c["id"] in (2, 5)]
+    path = tmp_path / "labels.json"
+    coco.write_label_map(coco.LabelMap.from_coco_categories(kept), str(path))
+    report = create_tfrecords.convert(
+        str(annotations), str(synthetic_data / "train"), str(tmp_path / "out" / "x"), 1,
+        progress_stream=io.StringIO(), label_map_path=str(path),
+    )
+    records = _read_shards(report["shards"])
+    pairs = {(int(l), int(c)) for p in records.values() for l, c in zip(p["labels"].numpy(), p["category_ids"].numpy())}
+    assert pairs <= {(1, 2), (2, 5)} and pairs
+    others = sum(a["category_id"] not in (2, 5) for a in data["annotations"])
+    assert report["annotations"]["skipped"]["counts"] == {"unknown_category": others}
+    assert coco.read_label_map(report["label_map"]).to_dict() == coco.read_label_map(str(path)).to_dict()

@@ -192,17 +192,31 @@ def test_more_instances_than_the_maximum_keeps_the_largest(shards):
     assert kept <= {int(l) for l, a in zip(parsed["labels"].numpy(), parsed["areas"].numpy()) if a >= largest[-1]}
 
 
+TRAIN_POOL = [
+    ("coco128", ("coco128", "annotations", "instances_train2017.json"), ("coco128", "train2017")),
+    ("coco_mini", ("coco_mini", "annotations", "instances_train2017.json"), ("coco_mini", "train2017")),
+    ("tiny_coco", ("tiny_coco", "tiny_coco", "annotations", "instances_train2017.json"), ("tiny_coco", "tiny_coco", "train2017")),
+]
+
+
+@pytest.fixture(scope="module")
+def train_pool(tmp_path_factory):
+    """The train pool of DESIGN.md (three COCO train2017 subsets) as TFRecords."""
+    records = tmp_path_factory.mktemp("train_pool")
+    for name, annotations, images in TRAIN_POOL:
+        create_tfrecords.convert(
+            str(shared_path("data", *annotations)), str(shared_path("data", *images)),
+            str(records / f"{name}-train"), num_shards=2, skip_empty=True, progress_stream=DEVNULL,
+        )
+    return records
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("size, padded", [((512, 512), (512, 512)), ((800, 1333), (896, 1408))])
-def test_runs_on_the_coco_train_pool(tmp_path_factory, size, padded):
-    records = tmp_path_factory.mktemp("coco128")
-    create_tfrecords.convert(
-        str(shared_path("data", "coco128", "annotations", "instances_train2017.json")),
-        str(shared_path("data", "coco128", "train2017")),
-        str(records / "train"), num_shards=2, skip_empty=True, progress_stream=DEVNULL,
-    )
-    config = cfg.load_config(None, [f"data.train_files={records}/train-*.tfrecord", "data.batch_size=4",
+def test_runs_on_the_coco_train_pool(train_pool, size, padded):
+    config = cfg.load_config(None, [f"data.train_files={train_pool}/*-train-*.tfrecord", "data.batch_size=4",
                                     f"data.image_size=[{size[0]}, {size[1]}]"])
+    assert len(pipeline.list_shards(config.data.train_files)) == 6
     images, batch = next(iter(pipeline.build_dataset(config, training=True)))
     assert images.shape == (4,) + padded + (3,)
     assert (batch["labels"].numpy() > 0).sum() > 0

@@ -200,17 +200,23 @@ def _write_shards(converter, tasks, num_workers, output_prefix, num_shards, skip
 
 
 def convert(annotations, images_dir, output_prefix, num_shards, num_workers="auto", min_area=coco.DEFAULT_MIN_AREA,
-            skip_empty=False, progress_stream=None):
+            skip_empty=False, progress_stream=None, label_map_path=None):
     """Converts a COCO instances json and its images into `num_shards` TFRecord shards.
 
     Writes the shards, `{output_prefix}-labels.json` and `{output_prefix}-report.json`; returns the
     report (a dict: counts written, skipped by reason with example ids, shard paths, seconds).
     No shard and no label map are written when no image was. Raises coco.InvalidAnnotationsError
     (naming the file) for an invalid json, OSError when it cannot be read.
+    label_map_path: reuse this label map (written by an earlier conversion) instead of deriving one
+    from the json's categories, so that several jsons (train and val, or merged subsets) share
+    labels; annotations of categories outside it are skipped as unknown categories.
     """
     start = time.monotonic()
     dataset = coco.load_coco(annotations)
-    label_map = coco.LabelMap.from_coco_categories(dataset.dataset["categories"])
+    if label_map_path:
+        label_map = coco.read_label_map(label_map_path)
+    else:
+        label_map = coco.LabelMap.from_coco_categories(dataset.dataset["categories"])
     tasks = _tasks(dataset)
     num_workers = resolve_num_workers(num_workers, len(tasks))
     skips = coco.Skips()
@@ -304,6 +310,9 @@ def main(argv=None):
         "--min-area", type=float, default=coco.DEFAULT_MIN_AREA, help="drop annotations with a smaller COCO area (px^2)"
     )
     parser.add_argument("--skip-empty", action="store_true", help="drop images with no instance left (for training)")
+    parser.add_argument(
+        "--label-map", default=None, help="reuse the labels.json of an earlier conversion (shared labels across jsons)"
+    )
     args = parser.parse_args(argv)
     if args.num_shards < 1:
         parser.error("--num-shards must be at least 1")
@@ -313,6 +322,7 @@ def main(argv=None):
         report = convert(
             args.annotations, args.images_dir, args.output_prefix, args.num_shards,
             num_workers=args.num_workers, min_area=args.min_area, skip_empty=args.skip_empty,
+            label_map_path=args.label_map,
         )
     except coco.InvalidAnnotationsError as error:
         print(f"error: {error}", file=sys.stderr)
