@@ -98,6 +98,34 @@ class DataConfig:
 
 
 @dataclasses.dataclass
+class TrainConfig:
+    """Optimisation and the training loop (polarmask_tf.training)."""
+
+    total_steps: int = 90000
+    base_learning_rate: float = 0.01
+    """Learning rate after warm-up, for data.batch_size images per step."""
+    warmup_steps: int = 500
+    warmup_factor: float = 0.3333333333
+    """The learning rate rises linearly from base * warmup_factor to base over warmup_steps."""
+    decay_steps: typing.Tuple[int, ...] = (60000, 80000)
+    """Steps at which the learning rate is multiplied by decay_factor."""
+    decay_factor: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    """Decoupled weight decay (SGDW); biases and normalisation parameters are excluded."""
+    clip_norm: float = 35.0
+    """Global gradient norm clipping; 0 disables it."""
+    mixed_precision: typing.Optional[typing.Literal["mixed_float16", "mixed_bfloat16"]] = None
+    """Keras mixed-precision policy; losses, boxes and rays stay float32; float16 uses loss scaling."""
+    jit_polar_iou: bool = True
+    """Compile the Polar IoU loss with XLA (in its own tf.function)."""
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    log_every: int = 20
+    """Steps between TensorBoard scalar writes."""
+
+
+@dataclasses.dataclass
 class SyntheticConfig:
     """The built-in synthetic shapes dataset (polarmask_tf.data.synthetic)."""
 
@@ -116,6 +144,7 @@ class Config:
     polar: PolarConfig = dataclasses.field(default_factory=PolarConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     synthetic: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)
 
 

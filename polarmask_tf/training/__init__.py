@@ -1,0 +1,1 @@
+"""Training: the optimiser and schedule, one custom loop over any tf.distribute strategy."""

@@ -1,0 +1,117 @@
+"""Training: schedule, optimiser, learning on synthetic images, resume after interruption, errors."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from polarmask_tf import config as cfg
+from polarmask_tf.data import synthetic
+from polarmask_tf.tools import create_tfrecords
+from polarmask_tf.training import loop, optimization
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEVNULL = open(os.devnull, "w")
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    """4 synthetic images (192-256 px) as one TFRecord shard."""
+    root = tmp_path_factory.mktemp("train")
+    synthetic.generate_dataset(root / "synthetic", num_images=4, seed=5, val_fraction=0.0, min_size=192, max_size=256)
+    create_tfrecords.convert(
+        str(root / "synthetic" / "annotations" / "instances_train.json"), str(root / "synthetic" / "train"),
+        str(root / "records" / "train"), num_shards=1, progress_stream=DEVNULL,
+    )
+    return root / "records"
+
+
+def tiny_overrides(records, *extra):
+    return [
+        f"data.train_files={records}/train-*.tfrecord",
+        "data.batch_size=4", "data.image_size=[256, 256]", "data.hflip_prob=0", "data.deterministic=true",
+        "data.max_instances=8", "data.max_vertices=48",
+        "train.warmup_steps=20", "train.decay_steps=[]", "train.log_every=50", "train.checkpoint_every=1000",
+        *extra,
+    ]
+
+
+def test_warmup_then_step_decay():
+    schedule = optimization.WarmupStepDecay(0.01, 100, 1 / 3, (1000, 2000), 0.1)
+    rates = [float(schedule(s)) for s in (0, 50, 100, 999, 1000, 1999, 2000)]
+    np.testing.assert_allclose(rates, [0.01 / 3, 0.01 * (1 / 3 + 2 / 3 * 0.5), 0.01, 0.01, 0.001, 0.001, 0.0001], rtol=1e-6)
+
+
+def test_weight_decay_skips_biases_and_norm_parameters():
+    import keras
+
+    optimizer = optimization.build_optimizer(cfg.TrainConfig())
+    layers = [keras.layers.Dense(3, name="d"), keras.layers.GroupNormalization(1, name="g")]
+    model = keras.Sequential([keras.Input((4,))] + layers, name="probe")
+    optimizer.build(model.trainable_variables)
+    decayed = {v.path: optimizer._use_weight_decay(v) for v in model.trainable_variables}
+    assert decayed == {"probe/d/kernel": True, "probe/d/bias": False, "probe/g/gamma": False,
+                       "probe/g/beta": False}
+
+
+def test_tiny_model_learns_on_four_synthetic_images(records, tmp_path):
+    config = cfg.load_config(ROOT + "/configs/quickstart.yaml", tiny_overrides(records, "train.total_steps=200"))
+    history = loop.Trainer(config, str(tmp_path / "run")).train(stream=DEVNULL)
+    assert len(history) == 200
+    first = {k: np.mean([h[k] for h in history[:10]]) for k in loop.LOSS_NAMES}
+    last = {k: np.mean([h[k] for h in history[-10:]]) for k in loop.LOSS_NAMES}
+    assert last["total_loss"] <= 0.3 * first["total_loss"], (first, last)
+    for name in loop.LOSS_NAMES:
+        assert last[name] < first[name], (name, first[name], last[name])
+    assert all(h["positives_per_image"] > 0 for h in history)
+    assert os.path.exists(tmp_path / "run" / "checkpoints" / "ckpt-200.index")
+    assert tf.io.gfile.glob(str(tmp_path / "run" / "train" / "events.out.tfevents.*"))
+
+
+def _train_command(config_path, model_dir, *overrides):
+    command = [sys.executable, os.path.join(ROOT, "train_main.py"), f"--config={config_path}", f"--model_dir={model_dir}"]
+    return command + [f"--set={o}" for o in overrides]
+
+
+def _wait_for_checkpoint(model_dir, process, timeout=240):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")):
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"training exited early: {process.communicate()}")
+        time.sleep(0.5)
+    process.kill()
+    raise AssertionError("no checkpoint appeared")
+
+
+@pytest.mark.parametrize("how", ["sigint", "sigkill"])
+def test_interrupted_training_resumes_at_the_saved_step(records, tmp_path, how):
+    config_path = ROOT + "/configs/quickstart.yaml"
+    model_dir = str(tmp_path / "run")
+    overrides = tiny_overrides(records, "train.total_steps=100000", "train.checkpoint_every=5")
+    process = subprocess.Popen(_train_command(config_path, model_dir, *overrides), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_checkpoint(model_dir, process)
+        time.sleep(1.0)
+        process.send_signal(signal.SIGINT if how == "sigint" else signal.SIGKILL)
+        out, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    saved = int(tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")).rsplit("-", 1)[1])
+    if how == "sigint":
+        assert process.returncode == 130
+        assert f"interrupted: saved {model_dir}/checkpoints/ckpt-{saved} at step {saved}" in out  # where it stopped
+    target = saved + 3
+    result = subprocess.run(_train_command(config_path, model_dir, *tiny_overrides(records, f"train.total_steps={target}")),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"resumed from {model_dir}/checkpoints/ckpt-{saved} at step {saved}" in result.stdout
+    assert f"done: step {target}" in result.stdout
