@@ -115,3 +115,48 @@ def test_interrupted_training_resumes_at_the_saved_step(records, tmp_path, how):
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"resumed from {model_dir}/checkpoints/ckpt-{saved} at step {saved}" in result.stdout
     assert f"done: step {target}" in result.stdout
+
+
+def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(records, tmp_path):
+    model_dir = str(tmp_path / "run")
+    config = cfg.load_config(
+        ROOT + "/configs/quickstart.yaml",
+        tiny_overrides(records, "train.total_steps=60", "train.checkpoint_every=2", "train.warmup_steps=0",
+                       "train.base_learning_rate=1e4", "train.clip_norm=0"),
+    )
+    trainer = loop.Trainer(config, model_dir)
+    with pytest.raises(loop.NonFiniteLossError, match="the loss is not finite") as error:
+        trainer.train(stream=DEVNULL)
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    assert latest is not None and str(latest) in str(error.value)
+    restored = loop.Trainer(config, model_dir)
+    restored.restore()
+    assert all(np.all(np.isfinite(v.numpy())) for v in restored.model.weights)
+    assert restored.step == int(latest.rsplit("-", 1)[1]) < 60
+
+
+def test_errors_name_the_problem(records, tmp_path):
+    with pytest.raises(cfg.ConfigError, match="unknown key 'train.steps'"):
+        cfg.load_config(ROOT + "/configs/quickstart.yaml", ["train.steps=5"])
+    with pytest.raises(cfg.ConfigError, match="train.total_steps: expected int, got str"):
+        cfg.load_config(ROOT + "/configs/quickstart.yaml", ["train.total_steps=many"])
+    config = cfg.load_config(
+        ROOT + "/configs/polarmask_mnv2_coco_subset.yaml", [f"model.backbone_weights={tmp_path}/missing.weights.h5"]
+    )
+    with pytest.raises(FileNotFoundError, match="missing.weights.h5"):
+        loop.Trainer(config, str(tmp_path / "run_weights"))
+    model_dir = str(tmp_path / "run")
+    small = cfg.load_config(ROOT + "/configs/quickstart.yaml", tiny_overrides(records, "train.total_steps=1"))
+    loop.Trainer(small, model_dir).train(stream=DEVNULL)
+    other = cfg.load_config(ROOT + "/configs/quickstart.yaml", tiny_overrides(records, "model.head_channels=32"))
+    with pytest.raises(loop.ArchitectureMismatchError, match="model.head_channels: 64 there, 32 here"):
+        loop.Trainer(other, model_dir)
+
+
+def test_train_main_reports_errors_with_exit_code_2(tmp_path):
+    result = subprocess.run(
+        _train_command(ROOT + "/configs/quickstart.yaml", str(tmp_path / "run"), "train.total_steps=abc"),
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert "error: train.total_steps: expected int, got str 'abc'" in result.stderr
