@@ -201,8 +201,10 @@ class Trainer:
                 if step % self.config.train.log_every == 0 or step == total_steps:
                     now = time.perf_counter()
                     images_per_second = (step - last_step) * batch_size / max(now - last_time, 1e-9)
+                    window = history[-(step - last_step):]
+                    means = {k: sum(h[k] for h in window) / len(window) for k in values}
                     last_time, last_step = now, step
-                    self._write_summaries(writer, step, values, images_per_second)
+                    self._write_summaries(writer, step, means, images_per_second)
                 if step % self.config.train.checkpoint_every == 0:
                     self.manager.save(checkpoint_number=step)
         except KeyboardInterrupt:
@@ -219,6 +221,7 @@ class Trainer:
         return history
 
     def _write_summaries(self, writer, step, values, images_per_second):
+        """Scalars at `step`; `values` are the means over the steps since the previous write."""
         learning_rate = self.optimizer.learning_rate
         with writer.as_default(step=step):
             for name in LOSS_NAMES:

@@ -1,0 +1,74 @@
+"""Plots a training run's TensorBoard scalars (the losses and the learning rate) as a PNG.
+
+    python -m polarmask_tf.tools.plot_training --model-dir runs/quickstart --output runs/quickstart/curves.png
+"""
+
+import argparse
+import collections
+import glob
+import os
+import sys
+
+LOSSES = ("loss/total_loss", "loss/cls_loss", "loss/ray_loss", "loss/box_loss", "loss/centerness_loss")
+
+
+def read_scalars(model_dir):
+    """{tag: sorted [(step, value)]} from the event files in MODEL_DIR/train."""
+    import tensorflow as tf
+
+    scalars = collections.defaultdict(dict)
+    for path in sorted(glob.glob(os.path.join(model_dir, "train", "events.out.tfevents.*"))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                number = float(tf.make_ndarray(value.tensor)) if value.HasField("tensor") else value.simple_value
+                scalars[value.tag][event.step] = number  # a resumed run rewrites steps: keep the last
+    return {tag: sorted(points.items()) for tag, points in scalars.items()}
+
+
+def plot(scalars, output, title):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (losses, rate) = plt.subplots(1, 2, figsize=(11, 4), dpi=110, gridspec_kw={"width_ratios": [3, 1]})
+    for tag in LOSSES:
+        if tag in scalars:
+            steps, values = zip(*scalars[tag])
+            losses.plot(steps, values, label=tag.split("/")[1].replace("_loss", ""), linewidth=1.5 if "total" in tag else 1)
+    losses.set_xlabel("step")
+    losses.set_ylabel("loss")
+    losses.set_yscale("log")
+    losses.grid(True, which="both", alpha=0.3)
+    losses.legend()
+    losses.set_title(title)
+    if "learning_rate" in scalars:
+        steps, values = zip(*scalars["learning_rate"])
+        rate.plot(steps, values, color="black")
+    rate.set_xlabel("step")
+    rate.set_title("learning rate")
+    rate.grid(True, alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(output)
+    plt.close(figure)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-dir", required=True)
+    parser.add_argument("--output", default=None, help="default: MODEL_DIR/curves.png")
+    parser.add_argument("--title", default=None)
+    args = parser.parse_args(argv)
+    scalars = read_scalars(args.model_dir)
+    if not any(tag in scalars for tag in LOSSES):
+        print(f"error: no loss scalars under {args.model_dir}/train", file=sys.stderr)
+        return 1
+    output = args.output or os.path.join(args.model_dir, "curves.png")
+    plot(scalars, output, args.title or os.path.basename(os.path.normpath(args.model_dir)))
+    total = scalars["loss/total_loss"]
+    print(f"{output}: total loss {total[0][1]:.3f} at step {total[0][0]} -> {total[-1][1]:.3f} at step {total[-1][0]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
