@@ -126,6 +126,31 @@ class TrainConfig:
 
 
 @dataclasses.dataclass
+class PostprocessConfig:
+    """Inference: dense outputs -> scored, class-aware-NMSed detections (polarmask_tf.postprocess)."""
+
+    pre_nms_top_k: int = 1000
+    """Locations kept per level, ranked by max_c sigmoid(cls_c) * sigmoid(centerness)."""
+    score_threshold: float = 0.05
+    """A (location, class) pair is a candidate when sigmoid(cls_c) alone exceeds this."""
+    centerness_offset: float = 0.5
+    """Score = sigmoid(cls_c) * (sigmoid(centerness) + offset); the original's hard-coded 0.5."""
+    max_candidates: int = 2000
+    """Static cap on candidates entering NMS (the highest-scoring are kept); the original had none."""
+    nms_iou_threshold: float = 0.5
+    nms_rule: typing.Literal["greater", "greater_equal"] = "greater"
+    """Suppress at IoU > threshold (the original's CUDA kernel, tf.image NMS) or >= (its CPU kernel)."""
+    nms_plus_one: bool = False
+    """IoU with (x2 - x1 + 1)(y2 - y1 + 1) areas and +1 overlaps, as the original (mmdet v1)."""
+    box_source: typing.Literal["box_branch", "polygon"] = "box_branch"
+    """Detection boxes (used by NMS and returned): the box branch, or the extent of the polygon."""
+    rescale: typing.Literal["pixel_centers", "original"] = "pixel_centers"
+    """Back to original pixels: x = (x' + 0.5) / sx - 0.5 (this project's resize), or x' / sx (the original)."""
+    max_detections: int = 100
+    """K, the static number of detection slots per image."""
+
+
+@dataclasses.dataclass
 class SyntheticConfig:
     """The built-in synthetic shapes dataset (polarmask_tf.data.synthetic)."""
 
@@ -145,6 +170,7 @@ class Config:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    postprocess: PostprocessConfig = dataclasses.field(default_factory=PostprocessConfig)
     synthetic: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)
 
 

@@ -1,0 +1,302 @@
+"""Inference post-processing: dense PolarMask outputs -> at most K scored detections per image.
+
+    detections = postprocess(model(images), info["resized_size"], info["scale"], padded_shape=(Hp, Wp),
+                             polar_config=config.polar, postprocess_config=config.postprocess)
+
+Pure TensorFlow, batched, every output shape static; it runs in a plain tf.function and under
+tf.function(jit_compile=True) (serving keeps XLA out, ../shared/DESIGN.md). The steps follow the
+original's inference (spec sections 3 and 5), per image:
+
+1. Per FPN level, keep the `pre_nms_top_k` locations with the largest max_c sigmoid(cls_c) *
+   sigmoid(ctr) (all of them when the level has no more). Locations over the padding are kept; their
+   boxes and polygons are clipped to the image.
+2. Candidates are the (location, class) pairs whose raw class probability sigmoid(cls_c) exceeds
+   `score_threshold`; score = sigmoid(cls_c) * (sigmoid(ctr) + `centerness_offset`).
+3. Boxes (x - l, y - t, x + r, y + b) from the box branch (or the polygon's extent); they and the
+   polygons decoded from the rays are mapped to original-image pixels and clipped to the image.
+4. Greedy NMS within each class (`class_aware_nms`), on the original-pixel boxes as the original did.
+5. The K = `max_detections` highest-scoring survivors, in descending score order.
+
+Where this differs from the original, and why:
+- Static candidate count. The original sends every pair above the threshold to NMS; here only the
+  `max_candidates` highest-scoring pairs do, so shapes stay static. With 5 levels x 1000 locations x
+  80 classes up to 400,000 pairs could pass in principle, but the cap only bites on an image where
+  more than max_candidates pairs have a class probability above 0.05 on their own, and then what is
+  dropped are its lowest-scoring pairs, which rarely reach its top 100 after NMS. The
+  `num_candidates` output counts the pairs above the threshold before the cap, so a caller can see
+  when it bit.
+- Order. Detections are always sorted by score; the original re-sorted only when it had more than
+  100 and otherwise returned them class by class. The set of detections is the same.
+- Defaults (`config.PostprocessConfig`): IoU without the "+1" and suppression at IoU > threshold,
+  coordinates mapped back with the pipeline's pixel-centre resize, boxes and polygons clipped to the
+  original image. The original's rules are options: `nms_plus_one`, `nms_rule="greater_equal"`
+  (its CPU kernel), `rescale="original"` (x' / sx, clipped to the resized image first).
+
+Why no "+1": this project's boxes and polygons are continuous outlines (COCO polygons shifted by
+-0.5 so that pixel centres sit at integers), so a box [x1, x2] covers x2 - x1 pixels' worth of width
+and its COCO width is x2 - x1. The "+1" belongs to inclusive integer-pixel boxes; on continuous boxes
+it makes IoU depend on the image scale (two boxes get different IoUs before and after a resize),
+whereas the plain IoU is invariant under the resize, so NMS gives the same answer in either frame.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from polarmask_tf import geometry
+from polarmask_tf.data import targets
+
+NMS_TILE_SIZE = 256
+"""Candidates are suppressed tile by tile, so NMS needs O(tile x candidates) memory, not candidates^2."""
+
+OUTPUT_KEYS = ("num_detections", "boxes", "scores", "classes", "polygons", "num_candidates")
+"""The keys of `postprocess`'s result."""
+
+
+def scoring(cls_logits, centerness_logits, centerness_offset=0.5):
+    """The original's per-location numbers (spec section 3).
+
+    cls_logits: float32 [..., C] class logits; centerness_logits: float32 [...].
+    Returns float32 tensors:
+      probs  [..., C]  sigmoid(cls): the value compared with the score threshold;
+      rank   [...]     max_c probs * sigmoid(ctr): the per-level top-k key (no offset);
+      scores [..., C]  probs * (sigmoid(ctr) + centerness_offset): the detection scores.
+    """
+    probs = tf.sigmoid(tf.cast(cls_logits, tf.float32))
+    centerness = tf.sigmoid(tf.cast(centerness_logits, tf.float32))
+    rank = tf.reduce_max(probs, axis=-1) * centerness
+    return probs, rank, probs * (centerness[..., None] + centerness_offset)
+
+
+def pairwise_iou(boxes_a, boxes_b, plus_one=False):
+    """IoU of boxes_a float32 [..., n, 4] with boxes_b [..., m, 4] (x1, y1, x2, y2) -> [..., n, m].
+
+    plus_one: widths x2 - x1 + 1 and overlaps min - max + 1 (the original's inclusive-pixel rule),
+    computed in the same float32 order as its NMS kernel. Pairs with an empty union get IoU 0.
+    """
+    def extent(low, high):
+        return high - low + 1.0 if plus_one else high - low
+
+    a = boxes_a[..., :, None, :]
+    b = boxes_b[..., None, :, :]
+    width = tf.maximum(extent(tf.maximum(a[..., 0], b[..., 0]), tf.minimum(a[..., 2], b[..., 2])), 0.0)
+    height = tf.maximum(extent(tf.maximum(a[..., 1], b[..., 1]), tf.minimum(a[..., 3], b[..., 3])), 0.0)
+    intersection = width * height
+
+    def area(boxes):
+        return extent(boxes[..., 0], boxes[..., 2]) * extent(boxes[..., 1], boxes[..., 3])
+
+    union = area(boxes_a)[..., :, None] + area(boxes_b)[..., None, :] - intersection
+    return tf.math.divide_no_nan(intersection, union)
+
+
+def class_aware_nms(boxes, classes, valid, iou_threshold=0.5, rule="greater", plus_one=False):
+    """Greedy non-maximum suppression within each class, with static shapes.
+
+    boxes: float32 [B, M, 4] (x1, y1, x2, y2), in descending score order (the greedy order).
+    classes: int32 [B, M]. valid: bool [B, M], False for padding candidates (they neither survive nor
+    suppress). rule: "greater" suppresses at IoU > iou_threshold, "greater_equal" at IoU >= it.
+    Returns keep bool [B, M]: candidate i survives when it is valid and no surviving candidate j < i
+    of its class overlaps it beyond the threshold, which is exactly sequential greedy NMS per class.
+
+    Tiles of NMS_TILE_SIZE candidates are settled in order: first every candidate of the tile that a
+    survivor of an earlier tile suppresses is dropped, then keep_i = alive_i and not any_{j<i in tile}
+    (keep_j and j suppresses i) is iterated to its fixed point. Candidate i's value is final after at
+    most i + 1 passes (it depends only on earlier ones), so the iteration ends, and its fixed point
+    is the greedy result; the passes needed are the length of the longest suppression chain, a few
+    in practice. Only tile pairs (earlier, current) up to the last tile holding a valid candidate are
+    compared: n such tiles cost n(n + 1)/2 tile x tile IoU blocks, about half of M^2 when all M
+    candidates are valid and far less when few are.
+    """
+    if rule not in ("greater", "greater_equal"):
+        raise ValueError(f"unknown NMS rule {rule!r}: use 'greater' or 'greater_equal'")
+    compare = tf.greater if rule == "greater" else tf.greater_equal
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    classes = tf.convert_to_tensor(classes, tf.int32)
+    valid = tf.convert_to_tensor(valid, tf.bool)
+    num = boxes.shape[1]
+    if num is None:
+        raise ValueError("class_aware_nms needs a static number of candidates M")
+    if num == 0:
+        return valid
+    tile = min(NMS_TILE_SIZE, num)
+    num_tiles = -(-num // tile)
+    pad = num_tiles * tile - num
+    batch = tf.shape(boxes)[0]
+    tiled_boxes = tf.reshape(tf.pad(boxes, [[0, 0], [0, pad], [0, 0]]), [batch, num_tiles, tile, 4])
+    tiled_classes = tf.reshape(tf.pad(classes, [[0, 0], [0, pad]], constant_values=-1), [batch, num_tiles, tile])
+    tiled_valid = tf.reshape(tf.pad(valid, [[0, 0], [0, pad]]), [batch, num_tiles, tile])
+    earlier_in_tile = tf.range(tile)[None, :] < tf.range(tile)[:, None]  # [i, j]: j < i
+
+    def suppression(row_boxes, row_classes, col_boxes, col_classes):
+        """[B, rows, cols]: column candidate overlaps row candidate beyond the threshold, same class."""
+        overlap = compare(pairwise_iou(row_boxes, col_boxes, plus_one), iou_threshold)
+        return overlap & (row_classes[:, :, None] == col_classes[:, None, :])
+
+    def settle_tile(t, keep):
+        tile_boxes = tf.gather(tiled_boxes, t, axis=1)
+        tile_classes = tf.gather(tiled_classes, t, axis=1)
+
+        def by_earlier_tile(s, suppressed):
+            hit = suppression(
+                tile_boxes, tile_classes, tf.gather(tiled_boxes, s, axis=1), tf.gather(tiled_classes, s, axis=1)
+            ) & tf.gather(keep, s, axis=1)[:, None, :]
+            return s + 1, suppressed | tf.reduce_any(hit, axis=-1)
+
+        _, suppressed = tf.while_loop(
+            lambda s, suppressed: s < t, by_earlier_tile, (tf.constant(0), tf.zeros_like(tiled_valid[:, 0]))
+        )
+        alive = tf.gather(tiled_valid, t, axis=1) & ~suppressed
+        within = suppression(tile_boxes, tile_classes, tile_boxes, tile_classes) & earlier_in_tile
+
+        def one_pass(current, _):
+            updated = alive & ~tf.reduce_any(within & current[:, None, :], axis=-1)
+            return updated, tf.reduce_any(updated != current)
+
+        settled, _ = tf.while_loop(
+            lambda current, changed: changed, one_pass, (alive, tf.constant(True)), maximum_iterations=tile + 1
+        )
+        keep = tf.where((tf.range(num_tiles) == t)[None, :, None], settled[:, None, :], keep)
+        return t + 1, keep
+
+    counts = tf.reduce_sum(tf.cast(valid, tf.int32), axis=1)
+    active_tiles = (tf.reduce_max(tf.concat([counts, [0]], 0)) + tile - 1) // tile
+    _, keep = tf.while_loop(
+        lambda t, keep: t < active_tiles, settle_tile, (tf.constant(0), tf.zeros_like(tiled_valid))
+    )
+    return tf.reshape(keep, [batch, num_tiles * tile])[:, :num]
+
+
+def _to_original(xy, resized_size, scale, rescale):
+    """Points float32 [B, ..., 2] (x, y) in the network input's pixels -> original-image pixels,
+    clipped to the image.
+
+    rescale "pixel_centers": x = (x' + 0.5) / sx - 0.5 (inverse of the pipeline's resize), clipped to
+    [0, W - 1] with W = round(w / sx) the original width. "original": clipped to the resized
+    extent [0, w - 1] first, then x = x' / sx (the original release's order and rule).
+    """
+    shape = tf.concat([tf.shape(xy)[:1], tf.ones([xy.shape.rank - 2], tf.int32), [2]], 0)
+    scale_xy = tf.reshape(tf.reverse(tf.cast(scale, tf.float32), [-1]), shape)
+    size_xy = tf.reshape(tf.cast(tf.reverse(resized_size, [-1]), tf.float32), shape)
+    if rescale == "original":
+        return tf.minimum(tf.maximum(xy, 0.0), size_xy - 1.0) / scale_xy
+    if rescale != "pixel_centers":
+        raise ValueError(f"unknown rescale {rescale!r}: use 'pixel_centers' or 'original'")
+    original_size = tf.round(size_xy / scale_xy)
+    return tf.minimum(tf.maximum((xy + 0.5) / scale_xy - 0.5, 0.0), original_size - 1.0)
+
+
+def _gather(values, indices):
+    return tf.gather(values, indices, batch_dims=1)
+
+
+def postprocess(outputs, resized_size, scale, padded_shape, polar_config, postprocess_config):
+    """Detections from the model's dense outputs, K = postprocess_config.max_detections per image.
+
+    outputs: the model's dict (modeling.model.build_model): "cls_logits" float32 [B, P, C],
+      "centerness" [B, P] (logits), "boxes" [B, P, 4] (l, t, r, b, input pixels), "rays" [B, P, N]
+      (input pixels, this project's ray order), P the locations of `padded_shape`.
+    resized_size: int32 [B, 2], (h, w) of the unpadded image inside the padded input.
+    scale: float32 [B, 2], (sy, sx) = resized / original size (data.pipeline).
+    padded_shape: static (Hp, Wp) of the network input, pixels.
+    polar_config: config.PolarConfig (strides and location grid). postprocess_config:
+      config.PostprocessConfig.
+
+    Returns a dict; entries at index >= num_detections are padding with score 0, class 0 and all-zero
+    boxes and polygons:
+      num_detections int32 [B];
+      boxes    float32 [B, K, 4]     x1, y1, x2, y2, original-image pixels (pixel centres at integers);
+      scores   float32 [B, K]        descending;
+      classes  int32 [B, K]          contiguous labels 1..C;
+      polygons float32 [B, K, N, 2]  (x, y) vertices in ray order, original-image pixels;
+      num_candidates int32 [B]       (location, class) pairs above the score threshold among the
+                                     kept locations, before the max_candidates cap.
+    """
+    cfg = postprocess_config
+    if cfg.box_source not in ("box_branch", "polygon"):
+        raise ValueError(f"unknown box_source {cfg.box_source!r}: use 'box_branch' or 'polygon'")
+    height, width = (int(side) for side in padded_shape)
+    cls_logits = tf.convert_to_tensor(outputs["cls_logits"], tf.float32)
+    box_sides = tf.convert_to_tensor(outputs["boxes"], tf.float32)
+    rays = tf.convert_to_tensor(outputs["rays"], tf.float32)
+    resized_size = tf.convert_to_tensor(resized_size, tf.int32)
+    scale = tf.convert_to_tensor(scale, tf.float32)
+    num_classes = cls_logits.shape[-1]
+    points, _ = targets.fpn_points(height, width, polar_config.strides, polar_config.grid)
+    if cls_logits.shape[1] is not None and cls_logits.shape[1] != len(points):
+        raise ValueError(
+            f"outputs have {cls_logits.shape[1]} locations but a {height} x {width} input with strides "
+            f"{list(polar_config.strides)} has {len(points)}"
+        )
+    points = tf.constant(points)
+    batch = tf.shape(cls_logits)[0]
+    probs, rank, scores = scoring(cls_logits, outputs["centerness"], cfg.centerness_offset)
+
+    kept = []
+    start = 0
+    for rows, cols in targets.level_shapes(height, width, polar_config.strides):
+        count = rows * cols
+        if count > cfg.pre_nms_top_k:
+            kept.append(tf.math.top_k(rank[:, start : start + count], k=cfg.pre_nms_top_k).indices + start)
+        else:
+            kept.append(tf.broadcast_to(tf.range(start, start + count), [batch, count]))
+        start += count
+    location = tf.concat(kept, axis=1)  # [B, L]
+    num_pairs = location.shape[1] * num_classes
+
+    passed = tf.reshape(_gather(probs, location) > cfg.score_threshold, [batch, num_pairs])
+    pair_scores = tf.where(passed, tf.reshape(_gather(scores, location), [batch, num_pairs]), -np.inf)
+    slots = min(cfg.max_candidates, num_pairs)  # M, the static candidate count
+    candidate_scores, pair = tf.math.top_k(pair_scores, k=slots)  # descending: the greedy order
+    valid = _gather(passed, pair)
+    candidate_location = _gather(location, pair // num_classes)
+    candidate_class = pair % num_classes
+    candidate_points = tf.gather(points, candidate_location)  # [B, M, 2]
+
+    if cfg.box_source == "box_branch":
+        sides = _gather(box_sides, candidate_location)
+        corners = tf.stack([candidate_points - sides[..., :2], candidate_points + sides[..., 2:]], axis=-2)
+        boxes = tf.reshape(_to_original(corners, resized_size, scale, cfg.rescale), [batch, slots, 4])
+    else:
+        candidate_polygons = _to_original(
+            geometry.rays_to_polygon(candidate_points, _gather(rays, candidate_location)),
+            resized_size, scale, cfg.rescale,
+        )
+        boxes = tf.concat(
+            [tf.reduce_min(candidate_polygons, axis=-2), tf.reduce_max(candidate_polygons, axis=-2)], axis=-1
+        )
+
+    keep = class_aware_nms(
+        boxes, candidate_class, valid, cfg.nms_iou_threshold, cfg.nms_rule, cfg.nms_plus_one
+    )
+
+    # The first K survivors in candidate order, i.e. by descending score.
+    k = min(cfg.max_detections, slots)
+    position = tf.range(slots, dtype=tf.float32)[None, :]
+    _, pick = tf.math.top_k(tf.where(keep, -position, -np.inf), k=k)
+    num_detections = tf.minimum(tf.reduce_sum(tf.cast(keep, tf.int32), axis=1), k)
+    filled = tf.range(k)[None, :] < num_detections[:, None]
+
+    if cfg.box_source == "box_branch":
+        picked_location = _gather(candidate_location, pick)
+        polygons = _to_original(
+            geometry.rays_to_polygon(tf.gather(points, picked_location), _gather(rays, picked_location)),
+            resized_size, scale, cfg.rescale,
+        )
+    else:
+        polygons = _gather(candidate_polygons, pick)
+
+    detections = {
+        "boxes": tf.where(filled[..., None], _gather(boxes, pick), 0.0),
+        "scores": tf.where(filled, _gather(candidate_scores, pick), 0.0),
+        "classes": tf.where(filled, _gather(candidate_class, pick) + 1, 0),
+        "polygons": tf.where(filled[..., None, None], polygons, 0.0),
+    }
+    missing = cfg.max_detections - k  # fewer candidate slots than K
+    if missing:
+        detections = {
+            key: tf.pad(value, [[0, 0], [0, missing]] + [[0, 0]] * (value.shape.rank - 2))
+            for key, value in detections.items()
+        }
+    detections["num_detections"] = num_detections
+    detections["num_candidates"] = tf.reduce_sum(tf.cast(passed, tf.int32), axis=1)
+    return detections
