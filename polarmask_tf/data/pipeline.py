@@ -39,6 +39,26 @@ def padded_image_shape(data):
     return tuple(int(math.ceil(side * largest / data.size_divisor) * data.size_divisor) for side in data.image_size)
 
 
+def _normalize_and_pad(image, config):
+    """Resized RGB float32 [h, w, 3] in [0, 255] -> the network input [Hp, Wp, 3] (zero padding
+    after normalisation, at the bottom and right)."""
+    image = normalize_image(image, config.model.backbone)
+    return tf.image.pad_to_bounding_box(image, 0, 0, *padded_image_shape(config.data))
+
+
+def preprocess_image(image, config):
+    """Inference preprocessing, identical to the evaluation path of the pipeline.
+
+    image: RGB [h, w, 3] uint8 or float32 in [0, 255]. Returns (input float32 [Hp, Wp, 3],
+    resized_size int32 [2] (the unpadded extent), scale float32 [2] = (sy, sx) resized / original).
+    """
+    image = tf.cast(tf.ensure_shape(image, [None, None, 3]), tf.float32)
+    original = tf.shape(image)[:2]
+    size = augment.resized_shape(original[0], original[1], config.data.image_size, config.data.resize)
+    scale = tf.cast(size, tf.float32) / tf.cast(original, tf.float32)
+    return _normalize_and_pad(tf.image.resize(image, size, method="bilinear"), config), size, scale
+
+
 def _select_instances(parsed, max_instances, max_vertices):
     """The (at most max_instances, largest COCO area first) instances, padded to max_instances."""
     count = tf.shape(parsed["labels"])[0]
@@ -92,8 +112,7 @@ def make_example_fn(config, training):
         if training and data.photometric_jitter:
             image = augment.photometric_jitter(image, seeds[2])
 
-        image = normalize_image(image, config.model.backbone)
-        image = tf.image.pad_to_bounding_box(image, 0, 0, *padded)
+        image = _normalize_and_pad(image, config)
         if polar.center == "box":
             b = instances.boxes
             centers = tf.stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2], axis=-1)

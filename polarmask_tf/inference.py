@@ -1,0 +1,99 @@
+"""From a checkpoint to detections: load the model, preprocess, run, post-process.
+
+    model = load_model(config, "runs/quickstart")           # a model dir (latest checkpoint) or a prefix
+    predictor = Predictor(config, model)
+    detections = predictor.predict([image_a, image_b])      # RGB uint8 arrays of any sizes
+
+Detections per image (numpy): boxes float32 [n, 4] (x1, y1, x2, y2, original pixels, pixel-centre
+frame), scores float32 [n], classes int32 [n] (contiguous labels 1..C), polygons float32 [n, N, 2].
+"""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from polarmask_tf import postprocess as postprocess_lib
+from polarmask_tf.data import pipeline
+from polarmask_tf.modeling.model import build_model
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint that does not fit the model built from the config."""
+
+
+def find_checkpoint(path):
+    """A checkpoint prefix from a prefix, a model dir or its checkpoints/ dir; FileNotFoundError
+    naming the path otherwise."""
+    for directory in (path, os.path.join(path, "checkpoints")):
+        if os.path.isdir(directory):
+            latest = tf.train.latest_checkpoint(directory)
+            if latest:
+                return latest
+    if tf.io.gfile.exists(path + ".index"):
+        return path
+    raise FileNotFoundError(f"no checkpoint at {path} (give a model dir, its checkpoints/ dir or a ckpt-N prefix)")
+
+
+def load_model(config, checkpoint):
+    """The model of `config` with the weights of `checkpoint` (see find_checkpoint).
+
+    Raises CheckpointMismatchError, naming the checkpoint and the first mismatch, when the
+    checkpoint was trained with another architecture (backbone, channels, classes, rays...).
+    """
+    prefix = find_checkpoint(checkpoint)
+    model = build_model(config)
+    try:
+        tf.train.Checkpoint(model=model).restore(prefix).expect_partial().assert_existing_objects_matched()
+    except (AssertionError, ValueError) as error:
+        raise CheckpointMismatchError(
+            f"{prefix} does not fit the model of this config ({str(error).splitlines()[0]}); use the config "
+            "the checkpoint was trained with (its model dir holds it as config.yaml)"
+        ) from error
+    return model
+
+
+class Predictor:
+    """Batched inference for one config and model; images of any size, in any number."""
+
+    def __init__(self, config, model, batch_size=8):
+        self.config = config
+        self.model = model
+        self.batch_size = batch_size
+        padded = pipeline.padded_image_shape(config.data)
+
+        @tf.function(reduce_retracing=True)
+        def run(inputs, resized_size, scale):
+            outputs = model(inputs, training=False)
+            return postprocess_lib.postprocess(outputs, resized_size, scale, padded, config.polar, config.postprocess)
+
+        @tf.function(reduce_retracing=True)
+        def preprocess(image):
+            return pipeline.preprocess_image(image, config)
+
+        self._run = run
+        self._preprocess = preprocess
+
+    def predict(self, images):
+        """Detections for a list of RGB uint8 images [h, w, 3]: a list of dicts of numpy arrays."""
+        results = []
+        for start in range(0, len(images), self.batch_size):
+            prepared = [self._preprocess(tf.convert_to_tensor(image)) for image in images[start : start + self.batch_size]]
+            inputs, sizes, scales = (tf.stack(parts) for parts in zip(*prepared))
+            batch = {k: v.numpy() for k, v in self._run(inputs, sizes, scales).items()}
+            for i in range(len(prepared)):
+                n = int(batch["num_detections"][i])
+                results.append({key: batch[key][i, :n] for key in ("boxes", "scores", "classes", "polygons")})
+        return results
+
+
+def decode_image_file(path):
+    """RGB uint8 [h, w, 3] of an image file (JPEG, PNG, BMP, GIF first frame); ValueError naming
+    the file when it cannot be read or decoded."""
+    try:
+        data = tf.io.read_file(path)
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.UnknownError) as error:
+        reason = error.message.split("}}")[-1].split("[Op:")[0].strip()  # drop TF's function-node prefix
+        raise ValueError(f"{path}: not a readable image ({reason})") from None
+    return np.asarray(image)
