@@ -1,0 +1,98 @@
+"""COCO mask and box AP of a trained PolarMask checkpoint on an annotated image set.
+
+    python -m polarmask_tf.evaluate --checkpoint runs/quickstart \\
+        --annotations data/synthetic/annotations/instances_val.json --images-dir data/synthetic/val \\
+        --output-dir runs/quickstart/eval
+
+Prints the segm and bbox AP table (AP, AP50, AP75, APs, APm, APl in percent) and the per-category
+APs of the most frequent categories; with --output-dir writes `results.json` (COCO results: one
+entry per detection with image_id, category_id, bbox [x, y, w, h] in COCO's frame, score and the
+RLE of the polygon rasterised at the original resolution) and `metrics.json` (everything printed,
+plus per-category APs of every category, ground-truth counts, skipped images by reason and
+seconds per image). Evaluation follows the original (spec section 5); see
+polarmask_tf.evaluation for the frame conversions.
+
+The config defaults to config.yaml of the checkpoint's model dir. The label map defaults to the
+annotations' categories in category id order (the rule create_tfrecords uses without
+--label-map); give --label-map when the model was trained with another one. Images that cannot
+be read are skipped and reported, never fatal. Exit status: 0 after an evaluation, 1 when no image
+could be read, 2 for unusable arguments (a checkpoint that does not fit the config, a missing
+checkpoint, an invalid config, annotations or label map).
+"""
+
+import argparse
+import json
+import os
+import sys
+
+from polarmask_tf import config as cfg
+
+
+def _write_json(data, path):
+    temporary = path + ".tmp"
+    with open(temporary, "w") as stream:
+        json.dump(data, stream)
+    os.replace(temporary, path)
+
+
+def main(argv=None, stream=None):
+    stream = stream or sys.stdout
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="model dir, its checkpoints/ dir or a ckpt-N prefix")
+    parser.add_argument("--config", help="config YAML (default: config.yaml of the checkpoint's model dir)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
+    parser.add_argument("--annotations", required=True, help="COCO instances json")
+    parser.add_argument("--images-dir", required=True, help="directory the json's file names are relative to")
+    parser.add_argument("--label-map", help="labels json written by create_tfrecords for the model's training data")
+    parser.add_argument("--output-dir", help="write results.json and metrics.json here")
+    parser.add_argument("--max-images", type=int, default=None, help="evaluate the first N images (by id) only")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--top-categories", type=int, default=20, help="per-category rows printed (0: all)")
+    args = parser.parse_args(argv)
+
+    from polarmask_tf import evaluation, inference
+    from polarmask_tf.data import coco
+    from polarmask_tf.predict import config_beside_checkpoint
+
+    try:
+        config_path = args.config or config_beside_checkpoint(args.checkpoint)
+        if config_path is None:
+            raise cfg.ConfigError(f"no config: pass --config ({args.checkpoint} has no config.yaml beside it)")
+        config = cfg.load_config(config_path, args.set)
+        label_map = coco.read_label_map(args.label_map) if args.label_map else None
+        evaluator = evaluation.Evaluator(
+            config, args.annotations, args.images_dir, label_map, args.max_images, args.batch_size
+        )
+        model = inference.load_model(config, args.checkpoint)
+    except (OSError, ValueError) as error:
+        # ConfigError, CheckpointMismatchError, a missing checkpoint, unreadable or invalid annotations or
+        # label map, a label map with another number of classes than the model
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    metrics, results = evaluator.evaluate(model, stream=sys.stderr)
+    skipped = metrics["skipped_images"]["counts"]
+    if skipped:
+        reasons = ", ".join(f"{reason}: {n} (e.g. image ids {metrics['skipped_images']['examples'][reason]})"
+                            for reason, n in skipped.items())
+        print(f"skipped images: {reasons}; AP is over the {metrics['num_images']} images that were read", file=stream)
+    if not metrics["num_images"]:
+        print("error: no image could be read", file=sys.stderr)
+        return 1
+    print(evaluation.format_table(metrics), file=stream)
+    print(file=stream)
+    print(evaluation.per_category_table(metrics, top=args.top_categories or None), file=stream)
+    print(f"{metrics['seconds_per_image'] * 1000:.0f} ms per image (reading, inference, rasterisation)", file=stream)
+    if args.output_dir:
+        os.makedirs(args.output_dir, exist_ok=True)
+        metrics.update(checkpoint=inference.find_checkpoint(args.checkpoint), config=os.path.abspath(config_path),
+                       annotations=os.path.abspath(args.annotations))
+        _write_json(results, os.path.join(args.output_dir, "results.json"))
+        _write_json(metrics, os.path.join(args.output_dir, "metrics.json"))
+        print(f"results: {os.path.join(args.output_dir, 'results.json')}; "
+              f"metrics: {os.path.join(args.output_dir, 'metrics.json')}", file=stream)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,250 @@
+"""Run a trained PolarMask on image files and save overlays, or show the targets of TFRecords.
+
+    python -m polarmask_tf.predict --checkpoint runs/quickstart --images 'photos/*.jpg' --output-dir out
+    python -m polarmask_tf.predict --config configs/quickstart.yaml --show-targets \\
+        --images 'data/synthetic/tfrecords/train-*.tfrecord' --output-dir out --max-images 8
+
+Predictions: one PNG per readable image (`<stem>.png`, translucent polygons, outlines, class and
+score; `--draw-rays` adds each detection's rays) and `results.json`, COCO-style results entries
+with "file_name" (the path as found) and "category_name" instead of an image id; their bbox and
+RLE are in COCO's frame exactly as polarmask_tf.evaluation writes them. Detections below
+--score-threshold are neither drawn nor written. Files that are not readable images are skipped
+with a message; the exit status is 1 only when no image could be read.
+
+--show-targets (no checkpoint needed): the inputs are TFRecord shards (tools/create_tfrecords);
+the first --max-images examples go through the evaluation-mode pipeline (resize, normalise, pad,
+encode targets: data.pipeline.make_example_fn, no augmentation) and each is drawn as
+`targets-<image id>.png`: positive locations coloured by FPN level and, per instance, the polygon
+decoded from the rays of its most central positive. The check to make on your own data before
+training.
+
+The config defaults to config.yaml of the checkpoint's model dir; class names come from
+--label-map, else from the `<prefix>-labels.json` that create_tfrecords wrote beside the config's
+training shards, else "class k".
+"""
+
+import argparse
+import glob
+import json
+import os
+import re
+import sys
+
+import numpy as np
+
+from polarmask_tf import config as cfg
+
+_SHARD_SUFFIX = re.compile(r"-[*?\d\[\]]+(-of-[*?\d\[\]]+)?\.tfrecord$")
+
+
+class UsageError(ValueError):
+    """An argument that cannot be used: an unreadable label map, or one of another model."""
+
+
+def config_beside_checkpoint(checkpoint):
+    """config.yaml of the model dir of `checkpoint` (a model dir, its checkpoints/ dir or a ckpt-N
+    prefix; see inference.find_checkpoint, whose FileNotFoundError propagates), or None."""
+    from polarmask_tf.inference import find_checkpoint
+
+    directory = os.path.dirname(os.path.abspath(find_checkpoint(checkpoint)))
+    candidates = [directory]
+    if os.path.basename(directory) == "checkpoints":
+        candidates.append(os.path.dirname(directory))
+    for candidate in candidates:
+        if os.path.isfile(os.path.join(candidate, "config.yaml")):
+            return os.path.join(candidate, "config.yaml")
+    return None
+
+
+def default_label_map(config):
+    """The label map create_tfrecords wrote beside config.data.train_files (<prefix>-labels.json),
+    or None when there is none."""
+    from polarmask_tf.data import coco
+
+    prefix = _SHARD_SUFFIX.sub("", config.data.train_files)
+    path = f"{prefix}-labels.json"
+    if prefix == config.data.train_files or not os.path.isfile(path):
+        return None
+    try:
+        return coco.read_label_map(path)
+    except (OSError, ValueError):
+        return None
+
+
+def expand_inputs(patterns):
+    """Files named by paths, directories (their files, sorted) and globs, in order, without repeats."""
+    files = []
+    for pattern in patterns:
+        if os.path.isdir(pattern):
+            found = sorted(os.path.join(pattern, name) for name in os.listdir(pattern))
+            found = [path for path in found if os.path.isfile(path)]
+        elif os.path.exists(pattern):
+            found = [pattern]
+        else:
+            found = sorted(glob.glob(pattern))
+        files += [path for path in found if path not in files]
+    return files
+
+
+def output_names(paths, suffix=".png"):
+    """Distinct output file names <stem><suffix> for input paths (a counter separates equal stems)."""
+    names, used = [], set()
+    for path in paths:
+        stem = os.path.splitext(os.path.basename(path))[0] or "image"
+        name, count = stem + suffix, 1
+        while name in used:
+            name, count = f"{stem}-{count}{suffix}", count + 1
+        used.add(name)
+        names.append(name)
+    return names
+
+
+def _write_png(path, rgb):
+    import cv2
+
+    if not cv2.imwrite(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"could not write {path}")
+
+
+def _load_config(args):
+    path = args.config or (config_beside_checkpoint(args.checkpoint) if args.checkpoint else None)
+    if path is None:
+        raise cfg.ConfigError(
+            "no config: pass --config (the checkpoint's model dir has no config.yaml)" if args.checkpoint
+            else "pass --config (or --checkpoint of a model dir that holds config.yaml)"
+        )
+    return cfg.load_config(path, args.set)
+
+
+def _label_names(args, config):
+    from polarmask_tf.data import coco
+
+    if args.label_map:
+        try:
+            label_map = coco.read_label_map(args.label_map)
+        except (OSError, ValueError) as error:
+            raise UsageError(f"cannot read the label map {args.label_map}: {error}") from error
+        if label_map.num_classes != config.model.num_classes:
+            raise UsageError(
+                f"{args.label_map} has {label_map.num_classes} classes, the model {config.model.num_classes}"
+            )
+        return label_map
+    label_map = default_label_map(config)
+    if label_map is not None and label_map.num_classes == config.model.num_classes:
+        return label_map
+    return None
+
+
+def predict_images(args, config, stream):
+    """Overlays and results.json for image files; returns the exit status. The model is loaded
+    only once a readable image is found."""
+    from polarmask_tf import evaluation, inference, visualize
+    from polarmask_tf.data import coco
+    from polarmask_tf.progress import ProgressBar
+
+    files = expand_inputs(args.images)[: args.max_images]
+    if not files:
+        print(f"error: no files match {' '.join(args.images)}", file=sys.stderr)
+        return 1
+    label_map = _label_names(args, config)
+    names = {c.label: c.name for c in label_map.categories} if label_map else None
+    ids_map = label_map or coco.LabelMap(
+        tuple(coco.Category(k, k, f"class {k}") for k in range(1, config.model.num_classes + 1))
+    )
+    outputs = dict(zip(files, output_names(files)))
+    predictor, results, written, skipped = None, [], 0, 0
+    bar = ProgressBar(len(files), desc="predict", stream=sys.stderr)
+    for first in range(0, len(files), args.batch_size):
+        batch, loaded = files[first : first + args.batch_size], []
+        for path in batch:
+            try:
+                loaded.append((path, evaluation.load_image(path)))
+            except coco.ImageError as error:
+                skipped += 1
+                print(f"skipped: {error}", file=stream)
+        if loaded and predictor is None:
+            predictor = inference.Predictor(config, inference.load_model(config, args.checkpoint), args.batch_size)
+            os.makedirs(args.output_dir, exist_ok=True)
+        for (path, image), found in zip(loaded, predictor.predict([image for _, image in loaded]) if loaded else []):
+            keep = found["scores"] >= args.score_threshold
+            found = {key: value[keep] for key, value in found.items()}
+            overlay = visualize.draw_detections(image, found, names, args.score_threshold, args.draw_rays)
+            _write_png(os.path.join(args.output_dir, outputs[path]), overlay)
+            for entry in evaluation.detections_to_coco(None, found, ids_map, *image.shape[:2]):
+                del entry["image_id"]
+                category = ids_map.categories[ids_map.label_of(entry["category_id"]) - 1]
+                results.append({"file_name": path, "category_name": category.name, **entry})
+            written += 1
+        bar.update(len(batch))
+    bar.close()
+    if not written:
+        print(f"error: none of the {len(files)} files is a readable image", file=sys.stderr)
+        return 1
+    results_path = os.path.join(args.output_dir, "results.json")
+    with open(results_path, "w") as out:
+        json.dump(results, out)
+    print(f"{written} images drawn to {args.output_dir}, {skipped} skipped; {len(results)} detections with score >= "
+          f"{args.score_threshold} in {results_path}", file=stream)
+    return 0
+
+
+def show_targets(args, config, stream):
+    """targets-<image id>.png for the first examples of TFRecord shards; returns the exit status."""
+    import tensorflow as tf
+
+    from polarmask_tf import visualize
+    from polarmask_tf.data import pipeline
+
+    files = [path for path in expand_inputs(args.images) if path.endswith(".tfrecord")]
+    if not files:
+        print(f"error: --show-targets needs TFRecord shards (*.tfrecord); none match {' '.join(args.images)}",
+              file=sys.stderr)
+        return 1
+    dataset = tf.data.Dataset.zip((tf.data.TFRecordDataset(files), tf.data.Dataset.random(seed=0).batch(2)))
+    dataset = dataset.map(pipeline.make_example_fn(config, training=False)).take(args.max_images or 8)
+    os.makedirs(args.output_dir, exist_ok=True)
+    count = 0
+    for image, targets in dataset:
+        targets = {key: value.numpy() for key, value in targets.items()}
+        picture = visualize.draw_targets(image.numpy(), targets, config, draw_rays=args.draw_rays)
+        path = os.path.join(args.output_dir, f"targets-{int(targets['image_id'])}.png")
+        _write_png(path, picture)
+        positives = int(np.count_nonzero(targets["labels"]))
+        print(f"{path}: {int(targets['num_instances'])} instances, {positives} positive locations", file=stream)
+        count += 1
+    return 0 if count else 1
+
+
+def main(argv=None, stream=None):
+    stream = stream or sys.stdout
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", help="model dir, its checkpoints/ dir or a ckpt-N prefix")
+    parser.add_argument("--config", help="config YAML (default: config.yaml of the checkpoint's model dir)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
+    parser.add_argument("--images", nargs="+", required=True, help="image files, directories or globs")
+    parser.add_argument("--output-dir", default="predictions")
+    parser.add_argument("--score-threshold", type=float, default=0.3)
+    parser.add_argument("--label-map", help="labels json written by create_tfrecords (class names)")
+    parser.add_argument("--draw-rays", action="store_true", help="draw each detection's rays from its centre")
+    parser.add_argument("--show-targets", action="store_true",
+                        help="draw the encoded training targets of TFRecord shards instead of predicting")
+    parser.add_argument("--max-images", type=int, default=None, help="only the first N inputs (targets: default 8)")
+    parser.add_argument("--batch-size", type=int, default=4)
+    args = parser.parse_args(argv)
+    if not args.show_targets and not args.checkpoint:
+        parser.error("--checkpoint is required (except with --show-targets)")
+
+    from polarmask_tf.inference import CheckpointMismatchError
+
+    try:
+        config = _load_config(args)
+        if args.show_targets:
+            return show_targets(args, config, stream)
+        return predict_images(args, config, stream)
+    except (cfg.ConfigError, CheckpointMismatchError, FileNotFoundError, UsageError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

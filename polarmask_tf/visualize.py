@@ -1,0 +1,222 @@
+"""Pictures for people: detections over an image, and the encoded training targets of a pipeline element.
+
+    overlay = draw_detections(image, detections, label_names, score_threshold=0.3, draw_rays=True)
+    picture = draw_targets(images[0], {k: v[0] for k, v in targets.items()}, config)
+
+Both return RGB uint8 arrays. Coordinates are this project's pixel frame (pixel (i, j) centred
+at (x=j, y=i)), which is also OpenCV's drawing frame; polygons are drawn with 4 bits of subpixel
+precision.
+"""
+
+import colorsys
+
+import cv2
+import numpy as np
+
+from polarmask_tf import geometry
+from polarmask_tf.data import pipeline, targets as targets_lib
+
+_SHIFT = 4  # subpixel bits for OpenCV drawing
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+LEVEL_COLOURS = ((255, 64, 64), (255, 200, 0), (64, 220, 64), (0, 200, 255), (200, 80, 255))
+"""RGB colour of the positives of P3..P7 in draw_targets."""
+
+
+def colour(index):
+    """A distinct saturated RGB colour (tuple of 3 ints) for a class label or instance index."""
+    hue = (index * 0.618033988749895) % 1.0  # golden-ratio steps keep neighbouring labels apart
+    return tuple(int(255 * c) for c in colorsys.hsv_to_rgb(hue, 0.85, 1.0))
+
+
+def _points(polygon):
+    return np.round(np.asarray(polygon, np.float64) * (1 << _SHIFT)).astype(np.int32).reshape(-1, 1, 2)
+
+
+def _pt(xy):
+    """One point (x, y) as the int tuple OpenCV takes with shift=_SHIFT."""
+    return tuple(int(v) for v in np.round(np.asarray(xy, np.float64) * (1 << _SHIFT)))
+
+
+def _line_width(image):
+    return max(1, int(round(max(image.shape[:2]) / 400)))
+
+
+def _label_name(label_names, label):
+    if label_names is None:
+        return f"class {label}"
+    if hasattr(label_names, "get"):
+        return str(label_names.get(label, f"class {label}"))
+    return str(label_names[label - 1]) if 1 <= label <= len(label_names) else f"class {label}"
+
+
+def ray_origin(polygon, image_shape=None):
+    """The ray origin of a decoded polygon [N, 2] (N even), float64 [2].
+
+    Ray k and ray k + N/2 point in opposite directions, so the origin lies on the segment between
+    their vertices; this stays true after any resize of the image (affine maps keep lines), so
+    the origin is the least-squares intersection of the N/2 lines through opposite vertices.
+    Lines with a vertex on the border of an image of `image_shape` (h, w) are skipped when at
+    least two others remain (clipping moved that vertex). Falls back to the vertex mean when N
+    is odd or the lines do not meet in one point (all rays ~0).
+    """
+    polygon = np.asarray(polygon, np.float64)
+    n = len(polygon)
+    if n % 2 or n < 4:
+        return polygon.mean(axis=0)
+    start, end = polygon[: n // 2], polygon[n // 2 :]
+    direction = end - start
+    length = np.linalg.norm(direction, axis=1)
+    usable = length > 1e-3
+    if image_shape is not None:
+        height, width = image_shape[:2]
+
+        def inside(p):
+            return (p[:, 0] > 1e-3) & (p[:, 0] < width - 1 - 1e-3) & (p[:, 1] > 1e-3) & (p[:, 1] < height - 1 - 1e-3)
+
+        unclipped = usable & inside(start) & inside(end)
+        if np.count_nonzero(unclipped) >= 2:
+            usable = unclipped
+    if np.count_nonzero(usable) < 2:
+        return polygon.mean(axis=0)
+    normal = np.stack([-direction[usable, 1], direction[usable, 0]], axis=1) / length[usable, None]
+    system = normal.T @ normal
+    if np.linalg.cond(system) > 1e6:
+        return polygon.mean(axis=0)
+    return np.linalg.solve(system, normal.T @ np.sum(normal * start[usable], axis=1))
+
+
+def _text(canvas, text, anchor, fill, scale, above=False):
+    """Text on a filled box in `fill` with its top-left (bottom-left when `above`) at `anchor`
+    (x, y), moved inside the canvas where needed. Returns the box height, pixels."""
+    thickness = max(1, int(round(scale * 2)))
+    (width, height), baseline = cv2.getTextSize(text, _FONT, scale, thickness)
+    box_height = height + baseline + 2
+    x = int(np.clip(anchor[0], 0, max(canvas.shape[1] - width - 2, 0)))
+    y = int(np.clip(anchor[1] - (box_height if above else 0), 0, max(canvas.shape[0] - box_height, 0)))
+    cv2.rectangle(canvas, (x, y), (x + width + 2, y + height + baseline + 2), fill, -1)
+    ink = (0, 0, 0) if sum(fill) > 380 else (255, 255, 255)
+    cv2.putText(canvas, text, (x + 1, y + height + 1), _FONT, scale, ink, thickness, cv2.LINE_AA)
+    return box_height
+
+
+def draw_detections(image, detections, label_names=None, score_threshold=0.3, draw_rays=False,
+                    colour_by="class", alpha=0.45):
+    """Detections drawn over an image.
+
+    image: RGB uint8 [h, w, 3]. detections: dict of numpy arrays for that image (inference
+    Predictor): boxes [n, 4], scores [n], classes [n] (labels 1..C), polygons [n, N, 2], all in
+    original pixels; optionally "centers" [n, 2], the ray origins (otherwise recovered from each
+    polygon with ray_origin). label_names: {label: name}, a sequence naming labels 1..C in order,
+    or None ("class k"). Detections scoring below score_threshold are left out.
+    draw_rays: lines from each ray origin to its polygon's vertices, and the origin as a dot.
+    colour_by: "class" (one colour per label) or "instance".
+    Returns a new RGB uint8 [h, w, 3]: translucent filled polygons (opacity alpha), outlines, and
+    "name score" tags; the highest score is drawn last (on top).
+    """
+    if colour_by not in ("class", "instance"):
+        raise ValueError(f"unknown colour_by {colour_by!r}: use 'class' or 'instance'")
+    canvas = np.ascontiguousarray(image, dtype=np.uint8).copy()
+    scores = np.asarray(detections["scores"], np.float32).reshape(-1)
+    polygons = np.asarray(detections["polygons"], np.float32).reshape(len(scores), -1, 2)
+    classes = np.asarray(detections["classes"]).reshape(-1).astype(int)
+    boxes = np.asarray(detections["boxes"], np.float32).reshape(-1, 4)
+    centers = detections.get("centers")
+    drawable = (scores >= score_threshold) & np.isfinite(polygons).all(axis=(1, 2))
+    shown = [i for i in np.argsort(scores, kind="stable") if drawable[i]]
+    colours = {i: colour(classes[i] if colour_by == "class" else rank) for rank, i in enumerate(shown[::-1])}
+
+    fill = canvas.copy()
+    covered = np.zeros(canvas.shape[:2], np.uint8)
+    for i in shown:
+        cv2.fillPoly(fill, [_points(polygons[i])], colours[i], cv2.LINE_AA, shift=_SHIFT)
+        cv2.fillPoly(covered, [_points(polygons[i])], 1, cv2.LINE_8, shift=_SHIFT)
+    blended = cv2.addWeighted(canvas, 1.0 - alpha, fill, alpha, 0.0)
+    canvas[covered > 0] = blended[covered > 0]
+
+    width = _line_width(canvas)
+    scale = max(0.35, max(canvas.shape[:2]) / 1500)
+    for i in shown:
+        cv2.polylines(canvas, [_points(polygons[i])], True, colours[i], width, cv2.LINE_AA, shift=_SHIFT)
+        if draw_rays:
+            if centers is not None:
+                origin = np.asarray(centers[i], np.float64)
+            else:
+                origin = ray_origin(polygons[i], canvas.shape)
+            for vertex in polygons[i]:
+                cv2.line(canvas, _pt(origin), _pt(vertex), colours[i], 1, cv2.LINE_AA, shift=_SHIFT)
+            cv2.circle(canvas, _pt(origin), (width + 1) << _SHIFT, (255, 255, 255), -1, cv2.LINE_AA, shift=_SHIFT)
+    for i in shown:
+        top = boxes[i] if np.isfinite(boxes[i]).all() else np.concatenate([polygons[i].min(0), polygons[i].max(0)])
+        _text(canvas, f"{_label_name(label_names, classes[i])} {scores[i]:.2f}", top[:2], colours[i], scale, above=True)
+    return canvas
+
+
+def denormalize_image(image, backbone):
+    """Inverse of data.pipeline.normalize_image: network input float32 [h, w, 3] -> RGB uint8.
+
+    normalize_image is affine per pixel (a channel permutation, scale and offset), so it is
+    measured on the zero colour and the three unit colours and inverted, for any backbone it knows.
+    """
+    probes = np.concatenate([np.zeros((1, 3)), np.eye(3)]).astype(np.float32)
+    response = np.asarray(pipeline.normalize_image(probes, backbone), np.float64)
+    offset, linear = response[0], (response[1:] - response[0]).T  # normalized = linear @ rgb + offset
+    rgb = (np.asarray(image, np.float64) - offset) @ np.linalg.inv(linear).T
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+def draw_targets(image_input, targets, config, max_polygons=None, draw_rays=True):
+    """The encoded targets of one pipeline element, for checking what the network is taught.
+
+    image_input: float32 [Hp, Wp, 3], the normalised, padded network input (data.pipeline).
+    targets: that image's targets (numpy or tensors): labels [P], rays [P, N], boxes [P, 4]
+      (l, t, r, b), centerness [P]; optionally resized_size [2] (the picture is cropped to it).
+    config: config.Config (backbone for un-normalising, polar strides and grid).
+    max_polygons: draw at most this many instances' polygons (default: all).
+    Draws every positive location as a dot coloured by FPN level (LEVEL_COLOURS, counted in a
+    legend), and per instance (positives sharing a box target x - l, y - t, x + r, y + b belong to
+    the same instance) the ray polygon of its positive with the highest centerness target, in the
+    class colour, with its rays when draw_rays. Returns RGB uint8 [h, w, 3].
+    """
+    picture = denormalize_image(image_input, config.model.backbone)
+    height, width = picture.shape[:2]
+    points, levels = targets_lib.fpn_points(height, width, config.polar.strides, config.polar.grid)
+    labels = np.asarray(targets["labels"]).reshape(-1)
+    rays = np.asarray(targets["rays"], np.float32)
+    boxes = np.asarray(targets["boxes"], np.float32)
+    centerness = np.asarray(targets["centerness"], np.float32).reshape(-1)
+    if len(labels) != len(points):
+        raise ValueError(f"targets have {len(labels)} locations but a {height} x {width} input has {len(points)}")
+    if targets.get("resized_size") is not None:
+        rows, cols = (int(v) for v in np.asarray(targets["resized_size"]).reshape(-1))
+        picture = picture[:rows, :cols]
+    canvas = np.ascontiguousarray(picture)
+    positive = np.flatnonzero(labels > 0)
+
+    corners = [points[positive] - boxes[positive, :2], points[positive] + boxes[positive, 2:]]
+    instance_boxes = np.round(np.concatenate(corners, axis=1), 2)
+    best = {}
+    for index, key in zip(positive, map(tuple, instance_boxes)):
+        if key not in best or centerness[index] > centerness[best[key]]:
+            best[key] = index
+    chosen = sorted(best.values(), key=lambda i: -centerness[i])[:max_polygons]
+    polygons = geometry.rays_to_polygon(points[chosen], rays[chosen]).numpy() if chosen else np.zeros((0, 0, 2))
+    for index, polygon in zip(chosen, polygons):
+        paint = colour(int(labels[index]))
+        cv2.polylines(canvas, [_points(polygon)], True, paint, 1, cv2.LINE_AA, shift=_SHIFT)
+        if draw_rays:
+            for vertex in polygon:
+                cv2.line(canvas, _pt(points[index]), _pt(vertex), paint, 1, cv2.LINE_AA, shift=_SHIFT)
+
+    for index in positive:
+        cv2.circle(canvas, _pt(points[index]), int(2 + levels[index]) << _SHIFT,
+                   LEVEL_COLOURS[levels[index] % len(LEVEL_COLOURS)], -1, cv2.LINE_AA, shift=_SHIFT)
+    for index in chosen:
+        cv2.circle(canvas, _pt(points[index]), int(3 + levels[index]) << _SHIFT, (255, 255, 255), 1, cv2.LINE_AA,
+                   shift=_SHIFT)
+
+    counts = np.bincount(levels[positive], minlength=len(config.polar.strides))
+    scale = max(0.35, max(canvas.shape[:2]) / 1500)
+    y = 0
+    for level, count in enumerate(counts):
+        y += _text(canvas, f"P{level + 3}: {count}", (0, y), LEVEL_COLOURS[level % len(LEVEL_COLOURS)], scale)
+    return canvas
