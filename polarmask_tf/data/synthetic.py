@@ -10,7 +10,8 @@ Conventions used throughout:
   * images are uint8 RGB arrays [H, W, 3]; pixel (x, y) is image[y, x];
   * masks are bool arrays [H, W];
   * polygon coordinates are float32 [K, 2] (x, y) in pixels, with the centre of pixel x at
-    coordinate x, exactly as cv2.findContours reports them; the COCO json puts pixel centres at
+    coordinate x (as cv2.findContours reports contours); annotation polygons run along the
+    visible pixels' outer edges (see mask_to_polygons); the COCO json puts pixel centres at
     x + 0.5 (COCO's convention, which pycocotools rasterises by), so it holds the same
     polygons shifted by COCO_PIXEL_OFFSET;
   * bbox is COCO [x, y, w, h] in pixels: (x, y) is the top-left visible pixel and
@@ -31,6 +32,7 @@ import os
 
 import cv2
 import numpy as np
+from pycocotools import mask as mask_utils
 
 SHAPE_NAMES = ("circle", "ellipse", "rectangle", "triangle", "star", "L-shape", "U-shape")
 CATEGORIES = tuple(
@@ -54,23 +56,38 @@ _SUBPIXEL_BITS = 4
 
 
 def mask_to_polygons(mask):
-    """Outer contours of a mask as polygons.
+    """Outer outlines of a mask along its pixels' edges, one polygon per connected part.
+
+    Pixel (i, j) covers [j - 0.5, j + 0.5] x [i - 0.5, i + 0.5], so the outlines have half-integer
+    coordinates and enclose exactly the pixel centres of the part: rasterising them (here, with
+    pycocotools after the COCO shift, or with geometry.rasterize) gives the mask back. They are
+    traced as the contour of a (2H+1) x (2W+1) grid in which pixel (i, j) is the 3 x 3 block
+    centred at (2i + 1, 2j + 1), whose boundary cells are the pixel edges.
 
     Args:
         mask: bool or uint8 array [H, W].
 
     Returns:
         list of float32 arrays [K, 2] of (x, y) pixel coordinates, one per connected part;
-        parts with fewer than 3 points or a contour area below MIN_PART_AREA px are dropped.
+        parts with fewer than 3 points or an area below MIN_PART_AREA px are dropped.
     """
-    contours, _ = cv2.findContours(
-        mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
-    )
+    height, width = mask.shape
+    grid = np.zeros((2 * height + 1, 2 * width + 1), np.uint8)
+    grid[1::2, 1::2] = mask != 0
+    grid = cv2.dilate(grid, np.ones((3, 3), np.uint8))
+    contours = cv2.findContours(grid, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[-2]
     return [
-        contour.reshape(-1, 2).astype(np.float32)
+        contour.reshape(-1, 2).astype(np.float32) / 2.0 - 0.5
         for contour in contours
-        if len(contour) >= 3 and cv2.contourArea(contour) >= MIN_PART_AREA
+        if len(contour) >= 3 and cv2.contourArea(contour) / 4.0 >= MIN_PART_AREA
     ]
+
+
+def outlines_to_mask(polygons, height, width):
+    """The pixels whose centres lie inside pixel-edge outlines (mask_to_polygons), bool [H, W];
+    pycocotools' rasterisation, as COCO evaluation sees the annotation."""
+    coco = [(np.asarray(p, np.float64) + COCO_PIXEL_OFFSET).reshape(-1).tolist() for p in polygons]
+    return mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(coco, height, width))).astype(bool)
 
 
 def polygons_to_mask(polygons, height, width):
@@ -151,7 +168,7 @@ def _describe_visible(visible, full_area):
     polygons = mask_to_polygons(visible)
     if not polygons:
         return None
-    raster = polygons_to_mask(polygons, *visible.shape)
+    raster = outlines_to_mask(polygons, *visible.shape)
     if np.count_nonzero(raster != visible) > MAX_POLYGON_ERROR * area:
         return None
     xs = np.flatnonzero(visible.any(axis=0))
