@@ -121,6 +121,12 @@ class TrainConfig:
     """Compile the Polar IoU loss with XLA (in its own tf.function)."""
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
+    eval_every: int = 0
+    """Steps between COCO evaluations during training (0: never); needs eval_annotations."""
+    eval_annotations: typing.Optional[str] = None
+    """COCO instances json of the evaluation images (e.g. the synthetic or coco_mini val split)."""
+    eval_images_dir: typing.Optional[str] = None
+    eval_max_images: typing.Optional[int] = None
     log_every: int = 20
     """Steps between TensorBoard scalar writes."""
 

@@ -388,20 +388,3 @@ class Evaluator:
 def evaluate_model(config, model, annotations, images_dir, label_map=None, max_images=None, stream=None):
     """One evaluation of `model` (see Evaluator): returns (metrics, results)."""
     return Evaluator(config, annotations, images_dir, label_map, max_images).evaluate(model, stream=stream)
-
-
-_TRAINING_EVALUATORS = {}
-
-
-def training_metrics(config, model, annotations, images_dir, label_map=None, max_images=None):
-    """Scalar metrics of `model` for a training log ({"segm/AP": ..., "bbox/AP50": ...}).
-
-    The first call for an (annotations, images_dir, label map, max_images) set loads the ground
-    truth and later calls reuse it and the model's Predictor, so a training loop can call this
-    every few thousand steps at the cost of the inference alone.
-    """
-    key = (os.path.abspath(annotations), os.path.abspath(images_dir), label_map, max_images)
-    evaluator = _TRAINING_EVALUATORS.get(key)
-    if evaluator is None or evaluator.config is not config:
-        evaluator = _TRAINING_EVALUATORS[key] = Evaluator(config, annotations, images_dir, label_map, max_images)
-    return evaluator(model)

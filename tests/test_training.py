@@ -160,3 +160,21 @@ def test_train_main_reports_errors_with_exit_code_2(tmp_path):
     )
     assert result.returncode == 2
     assert "error: train.total_steps: expected int, got str 'abc'" in result.stderr
+
+
+def test_periodic_evaluation_writes_ap_to_tensorboard(records, tmp_path):
+    from polarmask_tf.tools import plot_training
+
+    synthetic_dir = records.parent / "synthetic"
+    config = cfg.load_config(
+        ROOT + "/configs/quickstart.yaml",
+        tiny_overrides(records, "train.total_steps=4", "train.eval_every=2", "train.log_every=2",
+                       f"train.eval_annotations={synthetic_dir}/annotations/instances_train.json",
+                       f"train.eval_images_dir={synthetic_dir}/train"),
+    )
+    loop.Trainer(config, str(tmp_path / "run")).train(stream=DEVNULL)
+    scalars = plot_training.read_scalars(str(tmp_path / "run"))
+    assert [step for step, _ in scalars["eval/segm/AP"]] == [2, 4]
+    assert all(0.0 <= value <= 1.0 for _, value in scalars["eval/bbox/AP50"])
+    with pytest.raises(ValueError, match="eval_annotations"):
+        loop.Trainer(cfg.load_config(ROOT + "/configs/quickstart.yaml", tiny_overrides(records, "train.eval_every=5")), str(tmp_path / "x"))

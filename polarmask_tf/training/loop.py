@@ -95,6 +95,15 @@ class Trainer:
                 optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
             self.optimizer = optimizer
             self.optimizer.build(self.model.trainable_variables)
+        self.evaluator = None
+        if train.eval_every:
+            if not (train.eval_annotations and train.eval_images_dir):
+                raise ValueError("train.eval_every needs train.eval_annotations and train.eval_images_dir")
+            from polarmask_tf import evaluation
+
+            self.evaluator = evaluation.Evaluator(
+                config, train.eval_annotations, train.eval_images_dir, max_images=train.eval_max_images
+            )
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer)
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, os.path.join(model_dir, "checkpoints"), max_to_keep=train.keep_checkpoints
@@ -207,6 +216,10 @@ class Trainer:
                     self._write_summaries(writer, step, means, images_per_second)
                 if step % self.config.train.checkpoint_every == 0:
                     self.manager.save(checkpoint_number=step)
+                if self.evaluator is not None and step % self.config.train.eval_every == 0:
+                    with writer.as_default(step=step):
+                        for name, value in self.evaluator(self.model).items():
+                            tf.summary.scalar(f"eval/{name}", value)
         except KeyboardInterrupt:
             self.manager.save(checkpoint_number=self.step)
             bar.close()
