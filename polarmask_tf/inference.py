@@ -10,7 +10,6 @@ frame), scores float32 [n], classes int32 [n] (contiguous labels 1..C), polygons
 
 import os
 
-import numpy as np
 import tensorflow as tf
 
 from polarmask_tf import postprocess as postprocess_lib
@@ -86,14 +85,3 @@ class Predictor:
                 results.append({key: batch[key][i, :n] for key in ("boxes", "scores", "classes", "polygons")})
         return results
 
-
-def decode_image_file(path):
-    """RGB uint8 [h, w, 3] of an image file (JPEG, PNG, BMP, GIF first frame); ValueError naming
-    the file when it cannot be read or decoded."""
-    try:
-        data = tf.io.read_file(path)
-        image = tf.io.decode_image(data, channels=3, expand_animations=False)
-    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.UnknownError) as error:
-        reason = error.message.split("}}")[-1].split("[Op:")[0].strip()  # drop TF's function-node prefix
-        raise ValueError(f"{path}: not a readable image ({reason})") from None
-    return np.asarray(image)

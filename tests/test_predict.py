@@ -186,3 +186,9 @@ def test_denormalize_inverts_the_pipeline_normalisation(backbone):
     rgb = np.random.default_rng(0).integers(0, 256, (4, 5, 3)).astype(np.float32)
     normalized = np.asarray(pipeline.normalize_image(rgb, backbone))
     np.testing.assert_array_equal(visualize.denormalize_image(normalized, backbone), rgb.astype(np.uint8))
+
+
+def test_draw_detections_without_detections_returns_the_image():
+    image = np.full((20, 30, 3), 7, np.uint8)
+    empty = {"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "classes": np.zeros(0, int), "polygons": np.zeros((0, 36, 2))}
+    np.testing.assert_array_equal(visualize.draw_detections(image, empty), image)
