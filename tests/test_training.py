@@ -178,3 +178,18 @@ def test_periodic_evaluation_writes_ap_to_tensorboard(records, tmp_path):
     assert all(0.0 <= value <= 1.0 for _, value in scalars["eval/bbox/AP50"])
     with pytest.raises(ValueError, match="eval_annotations"):
         loop.Trainer(cfg.load_config(ROOT + "/configs/quickstart.yaml", tiny_overrides(records, "train.eval_every=5")), str(tmp_path / "x"))
+
+
+def test_a_trained_checkpoint_loads_for_inference_with_identical_outputs(records, tmp_path):
+    from polarmask_tf import inference
+
+    config = cfg.load_config(ROOT + "/configs/quickstart.yaml", tiny_overrides(records, "train.total_steps=2"))
+    trainer = loop.Trainer(config, str(tmp_path / "run"))
+    trainer.train(stream=DEVNULL)
+    loaded = inference.load_model(config, str(tmp_path / "run"))
+    images = tf.random.uniform([1, 256, 256, 3], -1, 1, seed=1)
+    expected, got = trainer.model(images), loaded(images)
+    for key in expected:
+        np.testing.assert_allclose(got[key], expected[key], rtol=1e-5, atol=1e-5)
+    trained = {v.path: v.numpy() for v in trainer.model.weights}
+    assert all(np.array_equal(trained[v.path], v.numpy()) for v in loaded.weights)

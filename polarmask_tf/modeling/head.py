@@ -72,22 +72,17 @@ class PolarHead(keras.layers.Layer):
         def normal():
             return keras.initializers.RandomNormal(mean=0.0, stddev=0.01)
 
-        self.tower_convs = {}
-        self.tower_norms = {}
+        # One attribute per layer: TensorFlow checkpoints (tf.train.Checkpoint) follow attributes,
+        # not layers placed inside a dict after it was assigned.
         for branch in BRANCHES:
-            self.tower_convs[branch] = [
-                keras.layers.Conv2D(
+            for i in range(num_convs):
+                setattr(self, f"{branch}_tower_conv{i}", keras.layers.Conv2D(
                     channels, 3, padding="same", use_bias=False, kernel_initializer=normal(),
                     dtype=self.dtype_policy, name=f"{branch}_tower_conv{i}",
-                )
-                for i in range(num_convs)
-            ]
-            self.tower_norms[branch] = [
-                keras.layers.GroupNormalization(
+                ))
+                setattr(self, f"{branch}_tower_gn{i}", keras.layers.GroupNormalization(
                     groups=groups, epsilon=1e-5, dtype=self.dtype_policy, name=f"{branch}_tower_gn{i}"
-                )
-                for i in range(num_convs)
-            ]
+                ))
 
         def output_conv(filters, name, bias=0.0):
             return keras.layers.Conv2D(
@@ -109,7 +104,7 @@ class PolarHead(keras.layers.Layer):
         in_channels = in_channels.pop()
         tower_out = self.channels if self.num_convs else in_channels
         for branch in BRANCHES:
-            for i, (conv, norm) in enumerate(zip(self.tower_convs[branch], self.tower_norms[branch])):
+            for i, (conv, norm) in enumerate(self._tower_layers(branch)):
                 conv.build((None, None, None, in_channels if i == 0 else self.channels))
                 norm.build((None, None, None, self.channels))
         for conv in (self.cls_logits, self.centerness, self.box_pred, self.ray_pred):
@@ -121,8 +116,15 @@ class PolarHead(keras.layers.Layer):
             name="ray_scales", shape=(self.num_levels,), initializer="ones", autocast=False
         )
 
+    def _tower_layers(self, branch):
+        """[(conv, group norm)] of a branch's tower, in order."""
+        return [
+            (getattr(self, f"{branch}_tower_conv{i}"), getattr(self, f"{branch}_tower_gn{i}"))
+            for i in range(self.num_convs)
+        ]
+
     def _tower(self, branch, x, training):
-        for conv, norm in zip(self.tower_convs[branch], self.tower_norms[branch]):
+        for conv, norm in self._tower_layers(branch):
             x = ops.relu(norm(conv(x), training=training))
         return x
 
