@@ -221,7 +221,7 @@ def main(argv=None, stream=None):
     parser.add_argument("--checkpoint", help="model dir, its checkpoints/ dir or a ckpt-N prefix")
     parser.add_argument("--config", help="config YAML (default: config.yaml of the checkpoint's model dir)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
-    parser.add_argument("--images", nargs="+", required=True, help="image files, directories or globs")
+    parser.add_argument("--images", nargs="+", action="extend", required=True, help="image files, directories or globs")
     parser.add_argument("--output-dir", default="predictions")
     parser.add_argument("--score-threshold", type=float, default=0.3)
     parser.add_argument("--label-map", help="labels json written by create_tfrecords (class names)")
