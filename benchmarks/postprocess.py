@@ -16,13 +16,15 @@ The target is post-processing <= 10% of the forward time.
 import argparse
 import os
 import pathlib
-import statistics
-import time
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from timing import median_seconds  # noqa: E402
 
 from polarmask_tf import config as cfg  # noqa: E402
 from polarmask_tf import postprocess as pp  # noqa: E402
@@ -31,17 +33,6 @@ from polarmask_tf.modeling import model as modeling  # noqa: E402
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "polarmask_mnv2_coco_subset.yaml"
 SIZE = 512
-
-
-def _median_seconds(fn, steps, repeats):
-    fn()  # tracing and compilation
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(steps):
-            fn()
-        times.append((time.perf_counter() - start) / steps)
-    return statistics.median(times)
 
 
 def _full_load(outputs, seed=0):
@@ -60,7 +51,7 @@ def _full_load(outputs, seed=0):
 def measure(model, config, batch, steps, repeats):
     images = tf.random.normal([batch, SIZE, SIZE, 3])
     forward = tf.function(lambda x: model(x, training=False))
-    results = {"forward": _median_seconds(lambda: forward(images)["rays"].numpy(), steps, repeats) / batch}
+    results = {"forward": median_seconds(lambda: forward(images)["rays"].numpy(), steps, repeats) / batch}
     outputs = {key: tf.identity(value) for key, value in forward(images).items()}
     # A 640 x 480 image resized into 512 x 512 keeping its aspect ratio: 512 x 384, scale 0.8.
     resized_size = tf.constant([[384, 512]] * batch, tf.int32)
@@ -73,7 +64,7 @@ def measure(model, config, batch, steps, repeats):
         for jit in (False, True):
             fn = tf.function(post, jit_compile=jit)
             result = fn(inputs, resized_size, scale)
-            results[(load, jit)] = _median_seconds(
+            results[(load, jit)] = median_seconds(
                 lambda: fn(inputs, resized_size, scale)["num_detections"].numpy(), steps, repeats) / batch
             results[(load, "candidates")] = int(tf.reduce_mean(result["num_candidates"]))
             results[(load, "detections")] = float(tf.reduce_mean(tf.cast(result["num_detections"], tf.float32)))

@@ -12,10 +12,8 @@ what the polar head, the target-facing losses and their gradients add to the ste
 import argparse
 import os
 import pathlib
-import statistics
 import sys
 import tempfile
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -24,6 +22,7 @@ import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from data_pipeline import TRAIN_POOL, convert_pool  # noqa: E402
+from timing import median_seconds  # noqa: E402
 
 from polarmask_tf import config as cfg  # noqa: E402
 from polarmask_tf.data import pipeline  # noqa: E402
@@ -37,17 +36,6 @@ MODELS = [
 FPN_OUTPUTS = ("fpn_output_p3", "fpn_output_p4", "fpn_output_p5", "fpn_p6", "fpn_p7")
 
 
-def _median_seconds(fn, steps, repeats):
-    fn()  # tracing and compilation
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(steps):
-            fn()
-        times.append((time.perf_counter() - start) / steps)
-    return statistics.median(times)
-
-
 def measure(name, config_file, batch_size, overrides, records, steps, repeats):
     base = [f"data.train_files={records}/*-train-*.tfrecord", f"data.batch_size={batch_size}",
             "data.image_size=[512, 512]", "data.scale_range=null", "train.mixed_precision=null"] + overrides
@@ -58,7 +46,7 @@ def measure(name, config_file, batch_size, overrides, records, steps, repeats):
             trainer = loop.Trainer(config, model_dir)
             images, targets = next(iter(pipeline.build_dataset(config, training=True)))
             step = tf.function(lambda: trainer.strategy.run(trainer._replica_step, (images, targets)))
-            results[jit] = _median_seconds(lambda: step()["total_loss"].numpy(), steps, repeats)
+            results[jit] = median_seconds(lambda: step()["total_loss"].numpy(), steps, repeats)
             if jit:
                 model = trainer.model
                 trunk = keras.Model(model.input, [model.get_layer(n).output for n in FPN_OUTPUTS])
@@ -69,7 +57,7 @@ def measure(name, config_file, batch_size, overrides, records, steps, repeats):
                         loss = tf.add_n([tf.reduce_mean(f) for f in trunk(images, training=True)])
                     return tape.gradient(loss, trunk.trainable_variables)[0]
 
-                results["trunk"] = _median_seconds(lambda: trunk_step().numpy(), steps, repeats)
+                results["trunk"] = median_seconds(lambda: trunk_step().numpy(), steps, repeats)
     return results
 
 
