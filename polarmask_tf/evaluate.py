@@ -52,7 +52,7 @@ def main(argv=None, stream=None):
 
     from polarmask_tf import evaluation, inference
     from polarmask_tf.data import coco
-    from polarmask_tf.predict import config_beside_checkpoint
+    from polarmask_tf.inference import config_beside_checkpoint
 
     try:
         config_path = args.config or config_beside_checkpoint(args.checkpoint)

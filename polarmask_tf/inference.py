@@ -34,6 +34,19 @@ def find_checkpoint(path):
     raise FileNotFoundError(f"no checkpoint at {path} (give a model dir, its checkpoints/ dir or a ckpt-N prefix)")
 
 
+def config_beside_checkpoint(checkpoint):
+    """config.yaml of the model dir of `checkpoint` (a model dir, its checkpoints/ dir or a ckpt-N
+    prefix; see inference.find_checkpoint, whose FileNotFoundError propagates), or None."""
+    directory = os.path.dirname(os.path.abspath(find_checkpoint(checkpoint)))
+    candidates = [directory]
+    if os.path.basename(directory) == "checkpoints":
+        candidates.append(os.path.dirname(directory))
+    for candidate in candidates:
+        if os.path.isfile(os.path.join(candidate, "config.yaml")):
+            return os.path.join(candidate, "config.yaml")
+    return None
+
+
 def load_model(config, checkpoint):
     """The model of `config` with the weights of `checkpoint` (see find_checkpoint).
 

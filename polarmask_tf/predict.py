@@ -41,21 +41,6 @@ class UsageError(ValueError):
     """An argument that cannot be used: an unreadable label map, or one of another model."""
 
 
-def config_beside_checkpoint(checkpoint):
-    """config.yaml of the model dir of `checkpoint` (a model dir, its checkpoints/ dir or a ckpt-N
-    prefix; see inference.find_checkpoint, whose FileNotFoundError propagates), or None."""
-    from polarmask_tf.inference import find_checkpoint
-
-    directory = os.path.dirname(os.path.abspath(find_checkpoint(checkpoint)))
-    candidates = [directory]
-    if os.path.basename(directory) == "checkpoints":
-        candidates.append(os.path.dirname(directory))
-    for candidate in candidates:
-        if os.path.isfile(os.path.join(candidate, "config.yaml")):
-            return os.path.join(candidate, "config.yaml")
-    return None
-
-
 def default_label_map(config):
     """The label map create_tfrecords wrote beside config.data.train_files (<prefix>-labels.json),
     or None when there is none."""
@@ -107,6 +92,8 @@ def _write_png(path, rgb):
 
 
 def _load_config(args):
+    from polarmask_tf.inference import config_beside_checkpoint
+
     path = args.config or (config_beside_checkpoint(args.checkpoint) if args.checkpoint else None)
     if path is None:
         raise cfg.ConfigError(
