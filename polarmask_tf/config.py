@@ -9,6 +9,7 @@ parsed as YAML scalars or lists (`a.b=8`, `a.c=[1, 2]`, `a.d=null`).
 """
 
 import dataclasses
+import os
 import types
 import typing
 
@@ -303,9 +304,12 @@ def load_config(path=None, overrides=(), cls=Config):
 
 
 def dump_config(config, path=None):
-    """Writes the config as YAML to `path` (if given) and returns the YAML text."""
+    """Writes the config as YAML to `path` (if given) and returns the YAML text. The file is
+    replaced atomically, so another process (a worker checking the model dir) never reads half."""
     text = yaml.safe_dump(to_dict(config), sort_keys=False)
     if path is not None:
-        with open(path, "w") as stream:
+        partial = f"{path}.{os.getpid()}.tmp"
+        with open(partial, "w") as stream:
             stream.write(text)
+        os.replace(partial, path)
     return text

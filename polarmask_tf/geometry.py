@@ -301,6 +301,27 @@ def rasterize(polygons, height, width):
     return tf.reshape(masks, tf.concat([batch_shape, [height, width]], axis=0))
 
 
+def box_masks(polygons, boxes, mask_size):
+    """Box-aligned masks, as instance segmentation exports carry them.
+
+    polygons float32 [..., V, 2] and boxes float32 [..., 4] (x1, y1, x2, y2), both in one pixel
+    frame. Returns bool [..., M, M], M = mask_size: cell (r, c) covers the box's
+    [x1 + c*w/M, x1 + (c+1)*w/M] x [y1 + r*h/M, y1 + (r+1)*h/M] and is set when its centre lies
+    inside the polygon (the `rasterize` rule). Polygon parts outside the box are cut off; a box
+    with no width or height gives an empty mask. To paste a mask into an image, resize it to the
+    box's extent.
+    """
+    p = _as_float(polygons)
+    b = _as_float(boxes)
+    origin = b[..., None, :2]
+    extent = b[..., None, 2:] - origin
+    degenerate = tf.reduce_any(extent <= 0, axis=[-2, -1])
+    cell = tf.where(extent > 0, extent, tf.ones_like(extent)) / mask_size
+    local = (p - origin) / cell - 0.5  # cell centres at integers, as `rasterize` expects
+    masks = rasterize(local, mask_size, mask_size)
+    return masks & ~degenerate[..., None, None]
+
+
 def rasterize_reference(polygon, height, width):
     """The original release's rasterisation, for parity checks: vertices [V, 2] truncated to
     integers, then `cv2.drawContours(..., thickness=-1)` (filled, boundary drawn 8-connected).

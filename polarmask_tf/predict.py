@@ -27,33 +27,15 @@ import argparse
 import glob
 import json
 import os
-import re
 import sys
 
 import numpy as np
 
 from polarmask_tf import config as cfg
 
-_SHARD_SUFFIX = re.compile(r"-[*?\d\[\]]+(-of-[*?\d\[\]]+)?\.tfrecord$")
-
 
 class UsageError(ValueError):
     """An argument that cannot be used: an unreadable label map, or one of another model."""
-
-
-def default_label_map(config):
-    """The label map create_tfrecords wrote beside config.data.train_files (<prefix>-labels.json),
-    or None when there is none."""
-    from polarmask_tf.data import coco
-
-    prefix = _SHARD_SUFFIX.sub("", config.data.train_files)
-    path = f"{prefix}-labels.json"
-    if prefix == config.data.train_files or not os.path.isfile(path):
-        return None
-    try:
-        return coco.read_label_map(path)
-    except (OSError, ValueError):
-        return None
 
 
 def expand_inputs(patterns):
@@ -103,25 +85,6 @@ def _load_config(args):
     return cfg.load_config(path, args.set)
 
 
-def _label_names(args, config):
-    from polarmask_tf.data import coco
-
-    if args.label_map:
-        try:
-            label_map = coco.read_label_map(args.label_map)
-        except (OSError, ValueError) as error:
-            raise UsageError(f"cannot read the label map {args.label_map}: {error}") from error
-        if label_map.num_classes != config.model.num_classes:
-            raise UsageError(
-                f"{args.label_map} has {label_map.num_classes} classes, the model {config.model.num_classes}"
-            )
-        return label_map
-    label_map = default_label_map(config)
-    if label_map is not None and label_map.num_classes == config.model.num_classes:
-        return label_map
-    return None
-
-
 def predict_images(args, config, stream):
     """Overlays and results.json for image files; returns the exit status. The model is loaded
     only once a readable image is found."""
@@ -133,11 +96,11 @@ def predict_images(args, config, stream):
     if not files:
         print(f"error: no files match {' '.join(args.images)}", file=sys.stderr)
         return 1
-    label_map = _label_names(args, config)
-    names = {c.label: c.name for c in label_map.categories} if label_map else None
-    ids_map = label_map or coco.LabelMap(
-        tuple(coco.Category(k, k, f"class {k}") for k in range(1, config.model.num_classes + 1))
-    )
+    try:
+        label_map = coco.model_label_map(config, args.label_map)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    names = {c.label: c.name for c in label_map.categories}
     outputs = dict(zip(files, output_names(files)))
     predictor, results, written, skipped = None, [], 0, 0
     bar = ProgressBar(len(files), desc="predict", stream=sys.stderr)
@@ -157,9 +120,9 @@ def predict_images(args, config, stream):
             found = {key: value[keep] for key, value in found.items()}
             overlay = visualize.draw_detections(image, found, names, args.score_threshold, args.draw_rays)
             _write_png(os.path.join(args.output_dir, outputs[path]), overlay)
-            for entry in evaluation.detections_to_coco(None, found, ids_map, *image.shape[:2]):
+            for entry in evaluation.detections_to_coco(None, found, label_map, *image.shape[:2]):
                 del entry["image_id"]
-                category = ids_map.categories[ids_map.label_of(entry["category_id"]) - 1]
+                category = label_map.categories[label_map.label_of(entry["category_id"]) - 1]
                 results.append({"file_name": path, "category_name": category.name, **entry})
             written += 1
         bar.update(len(batch))

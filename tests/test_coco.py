@@ -106,6 +106,23 @@ def test_label_map_json_round_trip(tmp_path):
         coco.read_label_map(path)
 
 
+
+def test_model_label_map_prefers_the_given_file_then_the_one_beside_the_shards(tmp_path):
+    from polarmask_tf import config as cfg
+
+    config = cfg.load_config(None, [f"data.train_files={tmp_path}/train-*.tfrecord", "model.num_classes=3"])
+    fallback = coco.model_label_map(config)
+    assert [(c.label, c.category_id, c.name) for c in fallback.categories] == [(1, 1, "class 1"), (2, 2, "class 2"),
+                                                                               (3, 3, "class 3")]
+    assert coco.labels_beside_shards(config.data.train_files) == f"{tmp_path}/train-labels.json"
+    assert coco.labels_beside_shards("records.tfrecord") is None
+    coco.write_label_map(LABELS, tmp_path / "train-labels.json")
+    assert coco.model_label_map(config) == LABELS
+    with pytest.raises(ValueError, match="has 3 classes, the model 5"):
+        coco.model_label_map(cfg.apply_overrides(config, ["model.num_classes=5"]), str(tmp_path / "train-labels.json"))
+    with pytest.raises(ValueError, match="cannot read the label map"):
+        coco.model_label_map(config, str(tmp_path / "missing.json"))
+
 # --------------------------------------------------------------------------------------------
 # Image bytes: what is kept, what is re-encoded, and what TensorFlow decodes from it
 

@@ -376,3 +376,34 @@ def test_reference_method_needs_a_divisor_of_360():
         geometry.ray_distances(square, [[5.0, 5.0]], 7, method="reference")
     with pytest.raises(ValueError, match="unknown ray method"):
         geometry.ray_distances(square, [[5.0, 5.0]], 36, method="fast")
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    x1=st.floats(0, 50), y1=st.floats(0, 50), radius=st.floats(0.3, 0.95), wobble=st.floats(0.0, 0.5),
+    scale=st.sampled_from([1, 2, 4]),
+)
+def test_box_masks_equal_the_rasterised_polygon_resampled_at_cell_centres(x1, y1, radius, wobble, scale):
+    """Property: when the box is an integer grid of mask cells (cell size 1/scale px), the box mask
+    is `rasterize` of the polygon on that grid, cut to the box."""
+    m = 16
+    side = m / scale
+    box = np.array([x1, y1, x1 + side, y1 + side], np.float32)
+    centre = box[:2] + side / 2
+    angles = np.arange(36) * 2 * np.pi / 36
+    rays = (radius * side / 2 * (1 + wobble * np.sin(3 * angles))).astype(np.float32)  # may leave the box
+    polygon = geometry.rays_to_polygon(centre[None], rays[None]).numpy()[0]
+    got = geometry.box_masks(polygon, box, m).numpy()
+    fine = (polygon - box[:2]) * scale - 0.5  # the same grid, in cell units with centres at integers
+    np.testing.assert_array_equal(got, geometry.rasterize(fine, m, m).numpy())
+    assert got.dtype == bool and got[m // 2, m // 2]  # the centre cell is inside
+
+
+def test_box_masks_fill_a_box_shaped_polygon_and_leave_degenerate_boxes_empty():
+    square = np.array([[10, 20], [50, 20], [50, 60], [10, 60]], np.float32)
+    masks = geometry.box_masks(np.stack([square, square]), np.array([[10, 20, 50, 60], [10, 20, 10, 60]], np.float32), 8)
+    assert masks.shape == (2, 8, 8)
+    assert masks[0].numpy().all() and not masks[1].numpy().any()
+    left_half = np.array([[10, 20], [30, 20], [30, 60], [10, 60]], np.float32)
+    half = geometry.box_masks(left_half, np.array([10, 20, 50, 60], np.float32), 8).numpy()
+    assert half[:, :4].all() and not half[:, 4:].any()

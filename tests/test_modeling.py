@@ -179,7 +179,8 @@ def test_unfrozen_backbone_is_fully_trainable():
     )
     assert all(layer.trainable for layer in backbone.layers)
     frozen = backbones.build_backbone(config_lib.ModelConfig(backbone="tiny", freeze_stem=True, freeze_batchnorm=False))
-    assert [layer.name for layer in frozen.layers if not layer.trainable] == ["tiny_conv1", "tiny_bn1"]
+    assert [layer.name for layer in frozen.layers if not layer.trainable] == ["tiny_conv1", "tiny_bn1", "tiny_conv1b",
+                                                                             "tiny_bn1b"]
 
 
 def test_frozen_layers_are_not_model_trainable_variables(tmp_path):

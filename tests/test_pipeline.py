@@ -101,6 +101,9 @@ def test_input_context_shards_per_pipeline_and_splits_the_global_batch(shards):
     train = pipeline.build_dataset(config, training=True, input_context=context)
     assert train.element_spec[0].shape[0] == 2
     assert len(train_ids) == 8
+    # MirroredStrategy: one input pipeline feeding 2 replicas still batches per replica
+    mirrored = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0, num_replicas_in_sync=2)
+    assert pipeline.build_dataset(config, training=True, input_context=mirrored).element_spec[0].shape[0] == 2
 
 
 @pytest.mark.parametrize("scale", [3, 2])

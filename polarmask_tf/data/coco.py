@@ -38,6 +38,7 @@ import io
 import json
 import math
 import os
+import re
 
 import cv2
 import numpy as np
@@ -270,6 +271,43 @@ def read_label_map(path):
         except json.JSONDecodeError as error:
             raise ValueError(f"{path} is not valid JSON: {error}") from None
     return LabelMap.from_dict(data, source=str(path))
+
+
+_SHARD_SUFFIX = re.compile(r"-[*?\d\[\]]+(-of-[*?\d\[\]]+)?\.tfrecord$")
+
+
+def labels_beside_shards(pattern):
+    """The label map path create_tfrecords writes beside shards matching `pattern`
+    (<prefix>-labels.json for <prefix>-*.tfrecord), or None when the pattern has no shard suffix."""
+    prefix = _SHARD_SUFFIX.sub("", pattern)
+    return None if prefix == pattern else f"{prefix}-labels.json"
+
+
+def model_label_map(config, path=None):
+    """The label map of a model (labels 1..config.model.num_classes -> category ids and names).
+
+    From `path` when given (ValueError naming it when it is unreadable or has another number of
+    classes); else the one create_tfrecords wrote beside config.data.train_files, if it exists and
+    fits; else labels standing for themselves: category id k, name "class k".
+    """
+    num_classes = config.model.num_classes
+    if path is not None:
+        try:
+            label_map = read_label_map(path)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"cannot read the label map {path}: {error}") from error
+        if label_map.num_classes != num_classes:
+            raise ValueError(f"{path} has {label_map.num_classes} classes, the model {num_classes}")
+        return label_map
+    beside = labels_beside_shards(config.data.train_files)
+    if beside is not None and os.path.isfile(beside):
+        try:
+            label_map = read_label_map(beside)
+        except (OSError, ValueError):
+            label_map = None
+        if label_map is not None and label_map.num_classes == num_classes:
+            return label_map
+    return LabelMap(tuple(Category(k, k, f"class {k}") for k in range(1, num_classes + 1)))
 
 
 # --------------------------------------------------------------------------------------------

@@ -51,12 +51,17 @@ def preprocess_image(image, config):
 
     image: RGB [h, w, 3] uint8 or float32 in [0, 255]. Returns (input float32 [Hp, Wp, 3],
     resized_size int32 [2] (the unpadded extent), scale float32 [2] = (sy, sx) resized / original).
+    A uint8 image is resized as it is (the bilinear kernel computes in float32 either way), so a
+    large photo never exists as a float32 copy at full size.
     """
-    image = tf.cast(tf.ensure_shape(image, [None, None, 3]), tf.float32)
+    image = tf.ensure_shape(image, [None, None, 3])
+    if image.dtype not in (tf.uint8, tf.float32):
+        image = tf.cast(image, tf.float32)
     original = tf.shape(image)[:2]
     size = augment.resized_shape(original[0], original[1], config.data.image_size, config.data.resize)
     scale = tf.cast(size, tf.float32) / tf.cast(original, tf.float32)
-    return _normalize_and_pad(tf.image.resize(image, size, method="bilinear"), config), size, scale
+    resized = tf.cast(tf.image.resize(image, size, method="bilinear"), tf.float32)
+    return _normalize_and_pad(resized, config), size, scale
 
 
 def _select_instances(parsed, max_instances, max_vertices):
@@ -153,12 +158,13 @@ def build_dataset(config, training, input_context=None):
     batch_size = data.batch_size
     shards = tf.data.Dataset.from_tensor_slices(files)
     records_sharded = False
-    if input_context is not None and input_context.num_input_pipelines > 1:
-        if len(files) >= input_context.num_input_pipelines:
-            shards = shards.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-        else:
-            records_sharded = True
+    if input_context is not None:
         batch_size = input_context.get_per_replica_batch_size(data.batch_size)
+        if input_context.num_input_pipelines > 1:
+            if len(files) >= input_context.num_input_pipelines:
+                shards = shards.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+            else:
+                records_sharded = True
     if training:
         shards = shards.shuffle(len(files), seed=data.seed, reshuffle_each_iteration=True)
     dataset = shards.interleave(

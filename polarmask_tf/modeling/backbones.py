@@ -11,7 +11,8 @@
 |              |                                 | (512, 1024, 2048)                                     |
 | mobilenet_v2 | keras.applications.MobileNetV2  | block_6_expand_relu, block_13_expand_relu, out_relu   |
 |              |                                 | (192, 576, 1280)                                      |
-| tiny         | five 3x3 stride-2 convs (tests) | tiny_relu3, tiny_relu4, tiny_relu5 (48, 64, 64)       |
+| tiny         | five residual stages (tests,    | tiny_relu3, tiny_relu4, tiny_relu5 (64, 96, 128)      |
+|              | quickstart): see _tiny_backbone |                                                       |
 
 Weights (config.model.backbone_weights):
   * None: random initialisation.
@@ -26,8 +27,8 @@ Freezing (what "frozen" covers):
   * freeze_stem: the layers of the stem and the first (stride 4) stage get trainable=False, so
     their kernels, biases and norm parameters receive no gradient updates (the original's
     frozen_stages=1). ResNet: conv1_* and conv2_*; MobileNetV2: Conv1, bn_Conv1, expanded_conv_*,
-    block_1_* and block_2_*; tiny: tiny_conv1 and tiny_bn1. The batch norms among them therefore
-    also run in inference mode.
+    block_1_* and block_2_*; tiny: its first stage (tiny_conv1, tiny_bn1, tiny_conv1b, tiny_bn1b).
+    The batch norms among them therefore also run in inference mode.
   * freeze_batchnorm: every BatchNormalization layer of the backbone gets trainable=False. Keras 3
     then always runs it in inference mode (moving statistics, never batch statistics, even when
     the model is called with training=True), and its gamma/beta and moving mean/variance never
@@ -60,7 +61,7 @@ _APPLICATIONS = {
 BACKBONES = tuple(_APPLICATIONS) + ("tiny",)
 """Names accepted by build_backbone (config.model.backbone)."""
 
-TINY_CHANNELS = (16, 32, 48, 64, 64)
+TINY_CHANNELS = (16, 32, 64, 96, 128)
 """Output channels of the tiny backbone's five stride-2 convs; C3, C4, C5 are the last three."""
 
 
@@ -139,13 +140,17 @@ def _application(name, factory, weights):
 
 
 def _tiny_backbone():
-    """Five 3x3 stride-2 conv + BN + ReLU blocks (16..64 channels); C3..C5 = outputs of blocks 3..5."""
+    """Five stages of a 3x3 stride-2 conv + BN + ReLU followed by a residual 3x3 conv + BN + ReLU
+    (TINY_CHANNELS); C3..C5 = outputs of stages 3..5."""
     inputs = keras.Input((None, None, 3), name="image")
     x = inputs
     features = []
     for index, channels in enumerate(TINY_CHANNELS, start=1):
         x = keras.layers.Conv2D(channels, 3, strides=2, padding="same", use_bias=False, name=f"tiny_conv{index}")(x)
         x = keras.layers.BatchNormalization(name=f"tiny_bn{index}")(x)
-        x = keras.layers.ReLU(name=f"tiny_relu{index}")(x)
+        x = keras.layers.ReLU(name=f"tiny_relu{index}a")(x)
+        y = keras.layers.Conv2D(channels, 3, padding="same", use_bias=False, name=f"tiny_conv{index}b")(x)
+        y = keras.layers.BatchNormalization(name=f"tiny_bn{index}b")(y)
+        x = keras.layers.ReLU(name=f"tiny_relu{index}")(keras.layers.Add(name=f"tiny_add{index}")([x, y]))
         features.append(x)
     return keras.Model(inputs, features[2:], name="backbone_tiny")

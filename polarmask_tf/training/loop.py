@@ -7,13 +7,23 @@ A step runs `strategy.run(replica_step)` inside a tf.function:
   2. the gradients are all-reduced, unscaled (float16 loss scaling), clipped by their global norm
      and divided by the number of replicas, because the Keras optimiser sums them across replicas
      again (clipping inside Keras would clip each replica's partial gradient);
-  3. the update is applied only when the loss and gradients are finite.
+  3. a step whose loss or gradient norm is not finite applies zero gradients, and the host loop
+     then stops.
 The host loop shows a progress bar, writes TensorBoard scalars, saves checkpoints periodically, on
 Ctrl-C and at the end, resumes from the latest checkpoint, and stops with NonFiniteLossError
 (keeping the last good checkpoint) when the loss is NaN or infinite.
+
+Several workers (training.distribute): data.batch_size is the global batch, split evenly over
+all replicas. Only the chief writes the model dir (config.yaml, checkpoints/, train/); the others
+save into a scratch directory (saving is collective) and delete it when training ends. Every
+worker restores from the model dir, which must therefore be on storage all workers can read.
+SIGTERM (preemption) sets a flag that the next step all-reduces, so every worker saves at the same
+step and stops with TrainingPreempted; a restart resumes there, no step lost or repeated.
 """
 
+import hashlib
 import os
+import shutil
 import signal
 import time
 
@@ -25,6 +35,7 @@ from polarmask_tf import losses
 from polarmask_tf.data import pipeline
 from polarmask_tf.modeling.model import build_model
 from polarmask_tf.progress import ProgressBar
+from polarmask_tf.training import distribute
 from polarmask_tf.training.optimization import build_optimizer
 
 LOSS_NAMES = ("cls_loss", "ray_loss", "box_loss", "centerness_loss", "total_loss")
@@ -42,6 +53,10 @@ class NonFiniteLossError(RuntimeError):
 
 class ArchitectureMismatchError(ValueError):
     """The model dir holds a checkpoint of a different architecture."""
+
+
+class TrainingPreempted(KeyboardInterrupt):
+    """A worker got SIGTERM; every worker saved a checkpoint at the same step and stopped."""
 
 
 def _flatten(data, prefix=""):
@@ -79,13 +94,24 @@ def check_model_dir(config, model_dir):
 class Trainer:
     """Builds the model, optimiser, input and checkpointing for `config` under `strategy`."""
 
-    def __init__(self, config, model_dir, strategy=None):
+    def __init__(self, config, model_dir, strategy=None, scratch_root=None):
+        """scratch_root: where a non-chief worker's scratch directory goes (default: the system
+        temp dir; training.distribute.scratch_dir)."""
         self.config = config
         self.model_dir = model_dir
         self.strategy = strategy or tf.distribute.get_strategy()
+        self.is_chief = distribute.is_chief(self.strategy)
+        replicas = self.strategy.num_replicas_in_sync
+        if config.data.batch_size % replicas:
+            raise ValueError(
+                f"data.batch_size={config.data.batch_size} (the global batch) does not split evenly over "
+                f"{replicas} replicas: use a multiple of {replicas}"
+            )
         check_model_dir(config, model_dir)
-        os.makedirs(model_dir, exist_ok=True)
-        cfg.dump_config(config, os.path.join(model_dir, "config.yaml"))
+        self.write_dir = model_dir if self.is_chief else distribute.scratch_dir(model_dir, self.strategy, scratch_root)
+        os.makedirs(self.write_dir, exist_ok=True)
+        if self.is_chief:
+            cfg.dump_config(config, os.path.join(model_dir, "config.yaml"))
         train = config.train
         keras.mixed_precision.set_global_policy(train.mixed_precision or "float32")
         with self.strategy.scope():
@@ -96,7 +122,7 @@ class Trainer:
             self.optimizer = optimizer
             self.optimizer.build(self.model.trainable_variables)
         self.evaluator = None
-        if train.eval_every:
+        if train.eval_every and self.is_chief:
             if not (train.eval_annotations and train.eval_images_dir):
                 raise ValueError("train.eval_every needs train.eval_annotations and train.eval_images_dir")
             from polarmask_tf import evaluation
@@ -106,9 +132,12 @@ class Trainer:
             )
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer)
         self.manager = tf.train.CheckpointManager(
-            self.checkpoint, os.path.join(model_dir, "checkpoints"), max_to_keep=train.keep_checkpoints
+            self.checkpoint, os.path.join(self.write_dir, "checkpoints"),
+            max_to_keep=train.keep_checkpoints if self.is_chief else 1,
         )
         self._step_fn = None
+        self._stop_requested = False
+        self._quiet = None if self.is_chief else open(os.devnull, "w")  # non-chief progress output
 
     @property
     def step(self):
@@ -117,7 +146,7 @@ class Trainer:
 
     def restore(self):
         """Restores the latest checkpoint of the model dir, if any; returns its path or None."""
-        latest = self.manager.latest_checkpoint
+        latest = tf.train.latest_checkpoint(os.path.join(self.model_dir, "checkpoints"))
         if latest:
             try:
                 self.checkpoint.restore(latest).assert_existing_objects_matched()
@@ -128,7 +157,7 @@ class Trainer:
                 ) from error
         return latest
 
-    def _replica_step(self, images, targets):
+    def _replica_step(self, images, targets, stop):
         context = tf.distribute.get_replica_context()
         normalizers = context.all_reduce(tf.distribute.ReduceOp.SUM, losses.loss_normalizers(targets))
         variables = self.model.trainable_variables
@@ -146,27 +175,25 @@ class Trainer:
         replicas = tf.cast(context.num_replicas_in_sync, tf.float32)
         gradients = [g * (scale / replicas) for g in gradients]
         total = context.all_reduce(tf.distribute.ReduceOp.SUM, values["total_loss"])
-        finite = tf.math.is_finite(total) & tf.math.is_finite(norm)
-        if scaled:  # the LossScaleOptimizer skips non-finite gradients itself and lowers the scale
-            self.optimizer.apply_gradients(zip(gradients, variables))
-        else:
-
-            def apply():
-                self.optimizer.apply_gradients(zip(gradients, variables))
-                return tf.constant(True)
-
-            tf.cond(finite, apply, lambda: tf.constant(False))
+        if not scaled:  # the LossScaleOptimizer skips non-finite gradients itself and lowers the scale
+            # Zero gradients rather than a tf.cond around apply_gradients: a cond whose branch
+            # reaches the optimiser's cross-replica merge_call fails under MirroredStrategy.
+            finite = tf.math.is_finite(total) & tf.math.is_finite(norm)
+            gradients = [tf.where(finite, g, tf.zeros_like(g)) for g in gradients]
+        self.optimizer.apply_gradients(zip(gradients, variables))
         values["grad_norm"] = norm / replicas  # summed across replicas below
         values["positives_per_image"] = normalizers["num_positives"] / normalizers["num_images"] / replicas
+        # identity: a tensor from outside strategy.run has no replica device to reduce onto
+        values["stop_requests"] = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.identity(stop))
         return values
 
     def _make_step_fn(self):
         strategy = self.strategy
 
         @tf.function
-        def step_fn(iterator):
+        def step_fn(iterator, stop):
             images, targets = next(iterator)
-            per_replica = strategy.run(self._replica_step, (images, targets))
+            per_replica = strategy.run(self._replica_step, (images, targets, stop))
             return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in per_replica.items()}
 
         return step_fn
@@ -188,16 +215,22 @@ class Trainer:
             return []
         self._step_fn = self._step_fn or self._make_step_fn()
         iterator = iter(self.dataset())
-        writer = tf.summary.create_file_writer(os.path.join(self.model_dir, "train"))
+        if self.is_chief:
+            writer = tf.summary.create_file_writer(os.path.join(self.model_dir, "train"))
+        else:
+            writer = tf.summary.create_noop_writer()
+            stream = self._quiet
         bar = ProgressBar(total_steps - start, desc="train", stream=stream)
         history = []
         batch_size = self.config.data.batch_size
         last_time, last_step = time.perf_counter(), start
         previous_sigterm = signal.getsignal(signal.SIGTERM)
-        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        self._stop_requested = False
+        signal.signal(signal.SIGTERM, self._request_stop)
         try:
             while self.step < total_steps:
-                values = {k: float(v) for k, v in self._step_fn(iterator).items()}
+                stop = tf.constant(1.0 if self._stop_requested else 0.0)
+                values = {k: float(v) for k, v in self._step_fn(iterator, stop).items()}
                 step = self.step
                 if not all(map(_is_finite, (values[name] for name in LOSS_NAMES))):
                     raise NonFiniteLossError(
@@ -220,18 +253,33 @@ class Trainer:
                     with writer.as_default(step=step):
                         for name, value in self.evaluator(self.model).items():
                             tf.summary.scalar(f"eval/{name}", value)
-        except KeyboardInterrupt:
-            self.manager.save(checkpoint_number=self.step)
+                if values["stop_requests"] > 0 and step < total_steps:
+                    raise TrainingPreempted("SIGTERM")
+        except KeyboardInterrupt as interrupt:
+            self._save_final()
             bar.close()
-            print(f"\ninterrupted: saved {self.manager.latest_checkpoint} at step {self.step}", file=stream)
+            how = "preempted" if isinstance(interrupt, TrainingPreempted) else "interrupted"
+            print(f"\n{how}: saved {self.checkpoint_in_model_dir()} at step {self.step}", file=stream)
             raise
         finally:
             signal.signal(signal.SIGTERM, previous_sigterm)
             writer.flush()
         bar.close()
+        self._save_final()
+        if not self.is_chief:
+            shutil.rmtree(self.write_dir, ignore_errors=True)
+        return history
+
+    def _request_stop(self, signum, frame):
+        self._stop_requested = True
+
+    def _save_final(self):
         if self.manager.latest_checkpoint is None or not self.manager.latest_checkpoint.endswith(f"-{self.step}"):
             self.manager.save(checkpoint_number=self.step)
-        return history
+
+    def checkpoint_in_model_dir(self):
+        """The model dir's checkpoint prefix for the current step (the chief writes it)."""
+        return os.path.join(self.model_dir, "checkpoints", f"ckpt-{self.step}")
 
     def _write_summaries(self, writer, step, values, images_per_second):
         """Scalars at `step`; `values` are the means over the steps since the previous write."""
@@ -245,8 +293,13 @@ class Trainer:
             tf.summary.scalar("images_per_second", images_per_second)
 
 
-def _raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
+def weights_digest(model):
+    """SHA-256 (hex, first 16 digits) of the model's variables in order: equal digests mean
+    bit-identical weights (used to check that workers agree)."""
+    digest = hashlib.sha256()
+    for variable in model.weights:
+        digest.update(variable.numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _is_finite(value):

@@ -1,0 +1,246 @@
+"""SavedModel export for TensorFlow Serving: encoded images in, detections with polygons out, with
+decoding, preprocessing, the model and post-processing all in the graph (no py_function, no XLA).
+
+    path = export(config, model, label_map, "exports/polarmask", version=1, mask_size=28)
+
+The serving contract. B images per request, K = postprocess.max_detections, N = polar.num_rays.
+Inputs:
+  serving_default  image_bytes  string [B]            JPEG, PNG, BMP or GIF (first frame), any size
+                                                      up to max_image_pixels, sizes may differ
+  serve_images     images       uint8  [B, H, W, 3]   RGB, one size per request
+Outputs (both signatures), batch first:
+  num_detections         int32   [B]
+  detection_boxes        float32 [B, K, 4]     x1, y1, x2, y2 in original image pixels
+  detection_scores       float32 [B, K]        descending
+  detection_classes      int32   [B, K]        the training dataset's category ids
+  detection_class_names  string  [B, K]        their names (from the categories.tsv asset)
+  detection_polygons     float32 [B, K, N, 2]  (x, y) vertices, ray k at angle 2*pi*k/N
+  detection_masks        uint8   [B, K, M, M]  only when exported with mask_size M: 1 inside the
+                                               polygon, 0 outside, over the detection's box
+Padding: entries at index >= num_detections have score 0, class PADDED_CLASS (-1), name "", and
+all-zero boxes, polygons and masks.
+Coordinates: pixel (row i, column j) of the original image has its centre at (x=j, y=i), as in
+OpenCV drawing; add 0.5 for COCO's frame, where pixel edges fall on integers.
+Errors: an empty string, bytes that are not one of the four formats, a corrupt image or one with
+more than max_image_pixels pixels fail the request with InvalidArgument naming the image's index.
+The limit is checked after decoding, so the decoder allocates h*w*3 bytes first (300 MB at the
+default limit, 10000 x 10000); the resize then works on the uint8 image directly, without a
+float32 copy at full size.
+"""
+
+import os
+import re
+import shutil
+import tempfile
+
+import keras
+import tensorflow as tf
+
+from polarmask_tf import config as cfg, geometry, postprocess as postprocess_lib
+from polarmask_tf.data import pipeline
+from polarmask_tf.serving import warmup
+
+DEFAULT_MAX_IMAGE_PIXELS = 10000 * 10000
+PADDED_CLASS = -1
+"""detection_classes of padding entries (category ids are never negative)."""
+CATEGORIES_ASSET = "categories.tsv"
+"""Asset with one line per label 1..C: "<category id>\\t<name>"."""
+INPUT_SIGNATURES = {
+    "serving_default": tf.TensorSpec([None], tf.string, name="image_bytes"),
+    "serve_images": tf.TensorSpec([None, None, None, 3], tf.uint8, name="images"),
+}
+OUTPUT_KEYS = (
+    "num_detections", "detection_boxes", "detection_scores", "detection_classes",
+    "detection_class_names", "detection_polygons",
+)
+"""Outputs of every export; "detection_masks" is added when a mask size is given."""
+
+_FORMATS = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG", "PNG"), (b"GIF8", "GIF"), (b"BM", "BMP"))
+
+
+def inference_config(config, max_detections=None, score_threshold=None, input_size=None):
+    """The config an export runs: training-only padding for scale jitter dropped
+    (data.scale_range = null), and the optional overrides of the export flags."""
+    overrides = ["data.scale_range=null"]
+    if max_detections is not None:
+        overrides.append(f"postprocess.max_detections={int(max_detections)}")
+    if score_threshold is not None:
+        overrides.append(f"postprocess.score_threshold={float(score_threshold)}")
+    if input_size is not None:
+        overrides.append(f"data.image_size=[{int(input_size)}, {int(input_size)}]")
+    return cfg.apply_overrides(config, overrides)
+
+
+def write_categories(label_map, path):
+    """The categories asset for a data.coco.LabelMap (tabs and newlines in names become spaces)."""
+    with open(path, "w", encoding="utf-8") as stream:
+        for category in label_map.categories:
+            name = re.sub(r"[\t\r\n]", " ", category.name)
+            stream.write(f"{category.category_id}\t{name}\n")
+
+
+def _category_tables(path):
+    """Lookup tables label - 1 -> category id (int64) and -> name (string), from the asset."""
+
+    def table(value_dtype, value_column, default):
+        initializer = tf.lookup.TextFileInitializer(
+            path, tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER, value_dtype, value_column, delimiter="\t"
+        )
+        return tf.lookup.StaticHashTable(initializer, default)
+
+    return table(tf.int64, 0, PADDED_CLASS), table(tf.string, 1, "")
+
+
+def _fail_unless(condition, message):
+    """An op raising InvalidArgument with `message` (a string tensor) when condition is false."""
+    return tf.debugging.Assert(condition, [message], summarize=1)
+
+
+def _decode(encoded, index, max_pixels):
+    """image_bytes[index] -> RGB uint8 [h, w, 3], or InvalidArgument naming the index and problem."""
+    head = tf.strings.substr(encoded, 0, 4)
+    known = tf.reduce_any(tf.stack([tf.strings.substr(head, 0, len(magic)) == magic for magic, _ in _FORMATS]))
+    checks = [
+        _fail_unless(tf.strings.length(encoded) > 0,
+                     tf.strings.format("image_bytes[{}] is an empty string, not an encoded image", index)),
+        _fail_unless(known | (tf.strings.length(encoded) == 0), tf.strings.format(
+            "image_bytes[{}] is not a JPEG, PNG, GIF or BMP image (it starts with {})", (index, head))),
+    ]
+    with tf.control_dependencies(checks):
+        image = tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False)
+    image = tf.ensure_shape(image, [None, None, 3])
+    return _checked_size(image, "image_bytes", index, max_pixels)
+
+
+def _checked_size(image, input_name, index, max_pixels):
+    """The image [h, w, 3], or InvalidArgument when it is empty or has more than max_pixels pixels."""
+    height, width = tf.unstack(tf.shape(image, out_type=tf.int64)[:2])
+    check = _fail_unless(
+        (height > 0) & (width > 0) & (height * width <= max_pixels),
+        tf.strings.format(input_name + "[{}] is {} x {} pixels: images must be non-empty and at most {} pixels "
+                          "(export_saved_model --max_image_pixels)", (index, height, width, max_pixels)),
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(image)
+
+
+def build_archive(config, model, categories_path, mask_size=None, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
+    """A keras.export.ExportArchive with the two signatures of the module docstring.
+
+    config: the config.Config to serve (see inference_config); model: its Keras model with trained
+    weights; categories_path: a file written by write_categories (copied into the SavedModel's
+    assets when the archive is written); mask_size: M for detection_masks, or None for none.
+    """
+    padded = pipeline.padded_image_shape(config.data)
+    category_ids, category_names = _category_tables(categories_path)
+    prepared_spec = (
+        tf.TensorSpec([*padded, 3], tf.float32), tf.TensorSpec([2], tf.int32), tf.TensorSpec([2], tf.float32)
+    )
+
+    def detect(inputs, resized_size, scale):
+        found = postprocess_lib.postprocess(
+            model(inputs, training=False), resized_size, scale, padded, config.polar, config.postprocess
+        )
+        keys = tf.cast(found["classes"], tf.int64) - 1  # -1 for padding: the tables' default
+        outputs = {
+            "num_detections": found["num_detections"],
+            "detection_boxes": found["boxes"],
+            "detection_scores": found["scores"],
+            "detection_classes": tf.cast(category_ids.lookup(keys), tf.int32),
+            "detection_class_names": category_names.lookup(keys),
+            "detection_polygons": found["polygons"],
+        }
+        if mask_size:
+            masks = geometry.box_masks(found["polygons"], found["boxes"], mask_size)
+            outputs["detection_masks"] = tf.cast(masks, tf.uint8)
+        return outputs
+
+    def serve_bytes(image_bytes):
+        def prepare(args):
+            index, encoded = args
+            return pipeline.preprocess_image(_decode(encoded, index, max_image_pixels), config)
+
+        indices = tf.range(tf.size(image_bytes))
+        return detect(*tf.map_fn(prepare, (indices, image_bytes), fn_output_signature=prepared_spec))
+
+    def serve_images(images):
+        def prepare(args):
+            index, image = args
+            return pipeline.preprocess_image(_checked_size(image, "images", index, max_image_pixels), config)
+
+        indices = tf.range(tf.shape(images)[0])
+        return detect(*tf.map_fn(prepare, (indices, images), fn_output_signature=prepared_spec))
+
+    archive = keras.export.ExportArchive()
+    for resource in (model, category_ids, category_names):
+        archive.track(resource)
+    archive.add_endpoint("serving_default", serve_bytes, input_signature=[INPUT_SIGNATURES["serving_default"]])
+    archive.add_endpoint("serve_images", serve_images, input_signature=[INPUT_SIGNATURES["serve_images"]])
+    return archive
+
+
+def next_version(export_dir):
+    """1 + the largest integer version directory under export_dir (1 when there is none)."""
+    versions = [int(name) for name in os.listdir(export_dir) if name.isdigit()] if os.path.isdir(export_dir) else []
+    return max(versions, default=0) + 1
+
+
+def write_server_configs(export_dir, model_name, max_batch_size=8):
+    """Example TF Serving configs beside the versions: models.config (the model at
+    /models/<model_name>, where the README's docker command mounts export_dir) and
+    batching_parameters.txt (server-side batching of concurrent requests up to max_batch_size).
+    Returns their paths."""
+    models = os.path.join(export_dir, "models.config")
+    with open(models, "w") as stream:
+        stream.write(
+            "model_config_list {\n"
+            "  config {\n"
+            f'    name: "{model_name}"\n'
+            f'    base_path: "/models/{model_name}"\n'
+            '    model_platform: "tensorflow"\n'
+            "  }\n"
+            "}\n"
+        )
+    batching = os.path.join(export_dir, "batching_parameters.txt")
+    sizes = sorted({1, 2, 4, max_batch_size} & set(range(1, max_batch_size + 1)))
+    with open(batching, "w") as stream:
+        stream.write(
+            f"max_batch_size {{ value: {max_batch_size} }}\n"
+            "batch_timeout_micros { value: 5000 }\n"
+            "max_enqueued_batches { value: 64 }\n"
+            "num_batch_threads { value: 2 }\n"
+            + "".join(f"allowed_batch_sizes: {size}\n" for size in sizes)
+        )
+    return models, batching
+
+
+def export(config, model, label_map, export_dir, version=None, mask_size=None,
+           max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS, model_name="polarmask", overwrite=False):
+    """Writes EXPORT_DIR/VERSION (TF Serving's layout: a SavedModel with its assets, the
+    categories asset and assets.extra/tf_serving_warmup_requests), plus models.config and
+    batching_parameters.txt in EXPORT_DIR. Returns the version directory.
+
+    The SavedModel is written to a hidden staging directory and renamed into place, so a server
+    watching EXPORT_DIR never sees half a version. version: an int, default next_version().
+    Raises FileExistsError when the version exists and overwrite is false.
+    """
+    os.makedirs(export_dir, exist_ok=True)
+    version = next_version(export_dir) if version is None else int(version)
+    final = os.path.join(export_dir, str(version))
+    if os.path.exists(final) and not overwrite:
+        raise FileExistsError(f"{final} exists: pick another --version or pass --overwrite")
+    staging = tempfile.mkdtemp(prefix=f".staging-{version}-", dir=export_dir)
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            categories = os.path.join(scratch, CATEGORIES_ASSET)
+            write_categories(label_map, categories)
+            archive = build_archive(config, model, categories, mask_size, max_image_pixels)
+            archive.write_out(staging, verbose=False)
+        warmup.write_warmup_requests(os.path.join(staging, *warmup.WARMUP_FILE), model_name)
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.rename(staging, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    write_server_configs(export_dir, model_name)
+    return final
