@@ -1,6 +1,6 @@
 """Training step time with 1 and 2 replicas, in one process.
 
-    python benchmarks/distributed.py [--config configs/quickstart.yaml] [--batch 8] [--steps 10] [--repeats 3]
+    python benchmarks/distributed.py [--config configs/quickstart.yaml] [--batch 8] [--steps 30] [--repeats 3]
 
 The CPU is split into 2 logical devices; the same global batch trains on one device and on a
 MirroredStrategy over both (synthetic images in a temporary directory, the config's model). Each
@@ -35,7 +35,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=str(ROOT / "configs" / "quickstart.yaml"))
     parser.add_argument("--batch", type=int, default=8, help="global batch")
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     distribute.split_cpu(2)
