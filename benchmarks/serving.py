@@ -1,9 +1,9 @@
 """Serving latency of the SavedModel export next to the raw Keras forward pass, in one process.
 
-    python benchmarks/serving.py [--models mobilenet_v2 resnet50] [--batches 1 8] [--steps 1] [--repeats 3]
+    python benchmarks/serving.py [--models mobilenet_v2 resnet50] [--batches 1 8] [--images 8] [--repeats 3]
 
 Per model (random weights, 80 classes): the export's time and size on disk, then per batch size
-the median time per image of
+the median over repeats (each --images images, in calls of that batch size) of the time per image of
 - "forward": the Keras model alone on preprocessed float32 inputs (tf.function, no XLA);
 - "export": serving_default of the reloaded SavedModel, JPEG bytes in (640 x 480 synthetic scenes)
   -> decode, resize, normalise, model, post-processing, polygons and 28 x 28 masks out.
@@ -53,7 +53,7 @@ def _size_mib(path):
     return sum(p.stat().st_size for p in pathlib.Path(path).rglob("*") if p.is_file()) / 2**20
 
 
-def measure(name, batches, steps, repeats, workdir):
+def measure(name, batches, images, repeats, workdir):
     path, size = MODELS[name]
     config = export.inference_config(
         cfg.load_config(path, ["model.backbone_weights=null", "model.prior_prob=0.06"]), input_size=size
@@ -70,8 +70,9 @@ def measure(name, batches, steps, repeats, workdir):
     for batch in batches:
         inputs = tf.stack([pipeline.preprocess_image(tf.io.decode_jpeg(data), config)[0] for data in jpegs[:batch]])
         request = tf.constant(jpegs[:batch])
-        raw = median_seconds(lambda: forward(inputs)["rays"].numpy(), steps, repeats) / batch
-        full = median_seconds(lambda: served(image_bytes=request)["num_detections"].numpy(), steps, repeats) / batch
+        calls = max(1, images // batch)
+        raw = median_seconds(lambda: forward(inputs)["rays"].numpy(), calls, repeats) / batch
+        full = median_seconds(lambda: served(image_bytes=request)["num_detections"].numpy(), calls, repeats) / batch
         rows.append((batch, raw, full))
     return export_seconds, _size_mib(version), rows
 
@@ -80,16 +81,16 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--steps", type=int, default=1)
+    parser.add_argument("--images", type=int, default=8, help="images per repeat")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs; median of {args.repeats} x {args.steps} calls; "
-          "ms per image")
+    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs; median of {args.repeats} repeats of "
+          f"{args.images} images; ms per image")
     print(f"{'model':<13} {'input':>7} {'export s':>9} {'MiB':>6} {'batch':>5} {'forward':>9} {'export':>9} {'ratio':>6}")
     workdir = tempfile.mkdtemp(prefix="serving-bench-")
     try:
         for name in args.models:
-            seconds, mib, rows = measure(name, args.batches, args.steps, args.repeats, workdir)
+            seconds, mib, rows = measure(name, args.batches, args.images, args.repeats, workdir)
             for batch, raw, full in rows:
                 print(f"{name:<13} {MODELS[name][1]:>7} {seconds:>9.1f} {mib:>6.1f} {batch:>5} "
                       f"{raw * 1e3:>9.1f} {full * 1e3:>9.1f} {full / raw:>6.2f}")

@@ -103,9 +103,10 @@ def class_aware_nms(boxes, classes, valid, iou_threshold=0.5, rule="greater", pl
     (keep_j and j suppresses i) is iterated to its fixed point. Candidate i's value is final after at
     most i + 1 passes (it depends only on earlier ones), so the iteration ends, and its fixed point
     is the greedy result; the passes needed are the length of the longest suppression chain, a few
-    in practice. Only tile pairs (earlier, current) up to the last tile holding a valid candidate are
-    compared: n such tiles cost n(n + 1)/2 tile x tile IoU blocks, about half of M^2 when all M
-    candidates are valid and far less when few are.
+    in practice. The candidates are first grouped by class (valid ones first, greedy order kept
+    within a class) and the permutation is undone at the end, so a tile is compared only with the
+    earlier tiles that hold its first class: with many classes most tiles need no earlier tile, with
+    one class this is n(n + 1)/2 tile x tile IoU blocks for the n tiles holding valid candidates.
     """
     if rule not in ("greater", "greater_equal"):
         raise ValueError(f"unknown NMS rule {rule!r}: use 'greater' or 'greater_equal'")
@@ -118,6 +119,13 @@ def class_aware_nms(boxes, classes, valid, iou_threshold=0.5, rule="greater", pl
         raise ValueError("class_aware_nms needs a static number of candidates M")
     if num == 0:
         return valid
+    # Suppression never crosses classes, so candidates are grouped by class (stable: the greedy
+    # order is kept within each class) and a tile is compared only with the earlier tiles that
+    # hold its classes, not with every earlier tile.
+    position = tf.range(num)[None, :]
+    order = tf.argsort(tf.where(valid, classes, tf.reduce_max(classes) + 1) * num + position, axis=1, stable=True)
+    inverse = tf.argsort(order, axis=1)
+    boxes, classes, valid = (tf.gather(x, order, batch_dims=1) for x in (boxes, classes, valid))
     tile = min(NMS_TILE_SIZE, num)
     num_tiles = -(-num // tile)
     pad = num_tiles * tile - num
@@ -126,6 +134,8 @@ def class_aware_nms(boxes, classes, valid, iou_threshold=0.5, rule="greater", pl
     tiled_classes = tf.reshape(tf.pad(classes, [[0, 0], [0, pad]], constant_values=-1), [batch, num_tiles, tile])
     tiled_valid = tf.reshape(tf.pad(valid, [[0, 0], [0, pad]]), [batch, num_tiles, tile])
     earlier_in_tile = tf.range(tile)[None, :] < tf.range(tile)[:, None]  # [i, j]: j < i
+    all_classes = tf.reshape(tiled_classes, [batch, num_tiles * tile])
+    positions = tf.range(num_tiles * tile)[None, :]
 
     def suppression(row_boxes, row_classes, col_boxes, col_classes):
         """[B, rows, cols]: column candidate overlaps row candidate beyond the threshold, same class."""
@@ -142,8 +152,10 @@ def class_aware_nms(boxes, classes, valid, iou_threshold=0.5, rule="greater", pl
             ) & tf.gather(keep, s, axis=1)[:, None, :]
             return s + 1, suppressed | tf.reduce_any(hit, axis=-1)
 
+        # The first tile holding this tile's first class, over the batch (classes ascend in a row).
+        first = tf.reduce_min(tf.where(all_classes == tile_classes[:, :1], positions, num_tiles * tile)) // tile
         _, suppressed = tf.while_loop(
-            lambda s, suppressed: s < t, by_earlier_tile, (tf.constant(0), tf.zeros_like(tiled_valid[:, 0]))
+            lambda s, suppressed: s < t, by_earlier_tile, (first, tf.zeros_like(tiled_valid[:, 0]))
         )
         alive = tf.gather(tiled_valid, t, axis=1) & ~suppressed
         within = suppression(tile_boxes, tile_classes, tile_boxes, tile_classes) & earlier_in_tile
@@ -158,12 +170,12 @@ def class_aware_nms(boxes, classes, valid, iou_threshold=0.5, rule="greater", pl
         keep = tf.where((tf.range(num_tiles) == t)[None, :, None], settled[:, None, :], keep)
         return t + 1, keep
 
-    counts = tf.reduce_sum(tf.cast(valid, tf.int32), axis=1)
+    counts = tf.reduce_sum(tf.cast(valid, tf.int32), axis=1)  # valid candidates come first now
     active_tiles = (tf.reduce_max(tf.concat([counts, [0]], 0)) + tile - 1) // tile
     _, keep = tf.while_loop(
         lambda t, keep: t < active_tiles, settle_tile, (tf.constant(0), tf.zeros_like(tiled_valid))
     )
-    return tf.reshape(keep, [batch, num_tiles * tile])[:, :num]
+    return tf.gather(tf.reshape(keep, [batch, num_tiles * tile])[:, :num], inverse, batch_dims=1)
 
 
 def _to_original(xy, resized_size, scale, rescale):

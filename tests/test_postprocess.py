@@ -252,13 +252,15 @@ def greedy_nms(boxes, classes, valid, threshold, rule, plus_one):
     return keep
 
 
-@pytest.mark.parametrize("rule,plus_one", [("greater", False), ("greater_equal", True)])
-def test_nms_equals_sequential_greedy_nms_across_tiles(rule, plus_one):
+@pytest.mark.parametrize("rule,plus_one,num_classes", [("greater", False, 3), ("greater_equal", True, 3),
+                                                      ("greater", False, 40)])
+def test_nms_equals_sequential_greedy_nms_across_tiles(rule, plus_one, num_classes):
+    """Few classes: every class spans several tiles. Many: most tiles need no earlier tile."""
     rng = np.random.default_rng(1)
     count = pp.NMS_TILE_SIZE * 2 + 77
     xy = rng.uniform(0, 60, (2, count, 2)).astype(np.float32)
     boxes = np.round(np.concatenate([xy, xy + rng.uniform(4, 20, (2, count, 2))], -1)).astype(np.float32)
-    classes = rng.integers(0, 3, (2, count)).astype(np.int32)
+    classes = rng.integers(0, num_classes, (2, count)).astype(np.int32)
     valid = np.arange(count)[None] < np.array([[count - 30], [150]])
     keep = pp.class_aware_nms(boxes, classes, valid, 0.5, rule, plus_one).numpy()
     for b in range(2):
