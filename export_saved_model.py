@@ -32,10 +32,6 @@ flags.DEFINE_string("model_name", "polarmask", "model name in models.config and 
 flags.DEFINE_bool("overwrite", False, "replace an existing version directory")
 
 
-def _size_on_disk(path):
-    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names)
-
-
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
@@ -45,11 +41,9 @@ def main(argv):
 
     f = flags.FLAGS
     try:
-        config_path = f.config or inference.config_beside_checkpoint(f.checkpoint)
-        if config_path is None:
-            raise cfg.ConfigError("no config: pass --config (the checkpoint's model dir has no config.yaml)")
         config = export.inference_config(
-            cfg.load_config(config_path, f.set), f.max_detections, f.score_threshold, f.input_size
+            cfg.load_config(inference.checkpoint_config_path(f.checkpoint, f.config), f.set),
+            f.max_detections, f.score_threshold, f.input_size,
         )
         label_map = coco.model_label_map(config, f.label_map)
         model = inference.load_model(config, f.checkpoint)
@@ -62,8 +56,8 @@ def main(argv):
     except (cfg.ConfigError, inference.CheckpointMismatchError, FileNotFoundError, FileExistsError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"exported {path} in {seconds:.1f} s, {_size_on_disk(path) / 2**20:.1f} MiB")
-    print(f"  serving_default: image_bytes string [B]; serve_images: images uint8 [B, H, W, 3]")
+    print(f"exported {path} in {seconds:.1f} s, {export.size_on_disk(path) / 2**20:.1f} MiB")
+    print("  serving_default: image_bytes string [B]; serve_images: images uint8 [B, H, W, 3]")
     outputs = export.OUTPUT_KEYS + (("detection_masks",) if f.mask_size else ())
     print(f"  outputs: {', '.join(outputs)} (K = {config.postprocess.max_detections}, "
           f"N = {config.polar.num_rays} rays)")

@@ -49,10 +49,6 @@ def _jpegs(count):
     return encoded
 
 
-def _size_mib(path):
-    return sum(p.stat().st_size for p in pathlib.Path(path).rglob("*") if p.is_file()) / 2**20
-
-
 def measure(name, batches, images, repeats, workdir):
     path, size = MODELS[name]
     config = export.inference_config(
@@ -74,7 +70,7 @@ def measure(name, batches, images, repeats, workdir):
         raw = median_seconds(lambda: forward(inputs)["rays"].numpy(), calls, repeats) / batch
         full = median_seconds(lambda: served(image_bytes=request)["num_detections"].numpy(), calls, repeats) / batch
         rows.append((batch, raw, full))
-    return export_seconds, _size_mib(version), rows
+    return export_seconds, export.size_on_disk(version) / 2**20, rows
 
 
 def main():

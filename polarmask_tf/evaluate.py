@@ -52,12 +52,9 @@ def main(argv=None, stream=None):
 
     from polarmask_tf import evaluation, inference
     from polarmask_tf.data import coco
-    from polarmask_tf.inference import config_beside_checkpoint
 
     try:
-        config_path = args.config or config_beside_checkpoint(args.checkpoint)
-        if config_path is None:
-            raise cfg.ConfigError(f"no config: pass --config ({args.checkpoint} has no config.yaml beside it)")
+        config_path = inference.checkpoint_config_path(args.checkpoint, args.config)
         config = cfg.load_config(config_path, args.set)
         label_map = coco.read_label_map(args.label_map) if args.label_map else None
         evaluator = evaluation.Evaluator(

@@ -12,7 +12,7 @@ import os
 
 import tensorflow as tf
 
-from polarmask_tf import postprocess as postprocess_lib
+from polarmask_tf import config as cfg, postprocess as postprocess_lib
 from polarmask_tf.data import pipeline
 from polarmask_tf.modeling.model import build_model
 
@@ -45,6 +45,15 @@ def config_beside_checkpoint(checkpoint):
         if os.path.isfile(os.path.join(candidate, "config.yaml")):
             return os.path.join(candidate, "config.yaml")
     return None
+
+
+def checkpoint_config_path(checkpoint, config_path=None):
+    """The config file to run `checkpoint` with: `config_path` when given, else the config.yaml of
+    its model dir (config_beside_checkpoint); ConfigError when there is neither."""
+    path = config_path or config_beside_checkpoint(checkpoint)
+    if path is None:
+        raise cfg.ConfigError(f"no config: pass --config ({checkpoint} has no config.yaml beside it)")
+    return path
 
 
 def load_model(config, checkpoint):

@@ -74,15 +74,13 @@ def _write_png(path, rgb):
 
 
 def _load_config(args):
-    from polarmask_tf.inference import config_beside_checkpoint
+    from polarmask_tf.inference import checkpoint_config_path
 
-    path = args.config or (config_beside_checkpoint(args.checkpoint) if args.checkpoint else None)
-    if path is None:
-        raise cfg.ConfigError(
-            "no config: pass --config (the checkpoint's model dir has no config.yaml)" if args.checkpoint
-            else "pass --config (or --checkpoint of a model dir that holds config.yaml)"
-        )
-    return cfg.load_config(path, args.set)
+    if args.checkpoint:
+        return cfg.load_config(checkpoint_config_path(args.checkpoint, args.config), args.set)
+    if args.config is None:
+        raise cfg.ConfigError("pass --config (or --checkpoint of a model dir that holds config.yaml)")
+    return cfg.load_config(args.config, args.set)
 
 
 def predict_images(args, config, stream):

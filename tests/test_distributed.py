@@ -14,25 +14,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from polarmask_tf.data import synthetic
-from polarmask_tf.tools import create_tfrecords
+from conftest import synthetic_train_records
 from polarmask_tf.training import distribute
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "quickstart.yaml")
-DEVNULL = open(os.devnull, "w")
 
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
     """8 synthetic images as two TFRecord shards (one per worker)."""
-    root = tmp_path_factory.mktemp("distributed")
-    synthetic.generate_dataset(root / "synthetic", num_images=8, seed=9, val_fraction=0.0, min_size=128, max_size=160)
-    create_tfrecords.convert(
-        str(root / "synthetic" / "annotations" / "instances_train.json"), str(root / "synthetic" / "train"),
-        str(root / "records" / "train"), num_shards=2, progress_stream=DEVNULL,
-    )
-    return root / "records"
+    return synthetic_train_records(tmp_path_factory.mktemp("distributed"), 8, seed=9, min_size=128, max_size=160,
+                                   num_shards=2)
 
 
 def overrides(records, *extra):

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import synthetic_train_records
 from polarmask_tf import config as cfg
-from polarmask_tf.data import synthetic
-from polarmask_tf.tools import create_tfrecords
 from polarmask_tf.training import loop, optimization
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,13 +21,8 @@ DEVNULL = open(os.devnull, "w")
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
     """4 synthetic images (192-256 px) as one TFRecord shard."""
-    root = tmp_path_factory.mktemp("train")
-    synthetic.generate_dataset(root / "synthetic", num_images=4, seed=5, val_fraction=0.0, min_size=192, max_size=256)
-    create_tfrecords.convert(
-        str(root / "synthetic" / "annotations" / "instances_train.json"), str(root / "synthetic" / "train"),
-        str(root / "records" / "train"), num_shards=1, progress_stream=DEVNULL,
-    )
-    return root / "records"
+    return synthetic_train_records(tmp_path_factory.mktemp("train"), 4, seed=5, min_size=192, max_size=256,
+                                   num_shards=1)
 
 
 def tiny_overrides(records, *extra):

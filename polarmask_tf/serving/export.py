@@ -179,6 +179,11 @@ def build_archive(config, model, categories_path, mask_size=None, max_image_pixe
     return archive
 
 
+def size_on_disk(path):
+    """Bytes of all files under `path`."""
+    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names)
+
+
 def next_version(export_dir):
     """1 + the largest integer version directory under export_dir (1 when there is none)."""
     versions = [int(name) for name in os.listdir(export_dir) if name.isdigit()] if os.path.isdir(export_dir) else []
