@@ -7,7 +7,8 @@ Writes EXPORT_DIR/VERSION in TF Serving's layout (with warm-up requests in asset
 example models.config and batching_parameters.txt in EXPORT_DIR. The signatures, outputs and
 padding rules are documented in polarmask_tf/serving/export.py; the README shows the docker
 command. The config defaults to config.yaml of the checkpoint's model dir; category ids and names
-come from --label_map, else the labels json beside the config's training shards.
+come from --label_map, else the model dir's labels.json, else the labels json beside the config's
+training shards.
 """
 
 import os
@@ -45,7 +46,8 @@ def main(argv):
             cfg.load_config(inference.checkpoint_config_path(f.checkpoint, f.config), f.set),
             f.max_detections, f.score_threshold, f.input_size,
         )
-        label_map = coco.model_label_map(config, f.label_map)
+        label_map = coco.model_label_map(
+            config, f.label_map or inference.beside_checkpoint(f.checkpoint, inference.LABELS_FILE))
         model = inference.load_model(config, f.checkpoint)
         start = time.perf_counter()
         path = export.export(

@@ -49,8 +49,8 @@ class PolarConfig:
 class ModelConfig:
     """The network: backbone (C3..C5) -> FPN (P3..P7) -> shared polar head."""
 
-    backbone: typing.Literal["resnet50", "resnet101", "mobilenet_v2", "tiny"] = "resnet50"
-    """Also decides the input normalisation (data.pipeline.normalize_image)."""
+    backbone: typing.Literal["resnet50", "resnet101", "resnext101_64x4d", "mobilenet_v2", "tiny"] = "resnet50"
+    """With data.normalization "auto" this also decides the input normalisation."""
     backbone_weights: typing.Optional[str] = None
     """None (random), "imagenet" (downloaded by keras.applications), or a .weights.h5 path."""
     freeze_stem: bool = True
@@ -80,6 +80,9 @@ class DataConfig:
     resize: typing.Literal["keep_ratio", "stretch"] = "keep_ratio"
     """keep_ratio: fit inside image_size keeping the aspect ratio; stretch: exactly image_size (the original)."""
     size_divisor: int = 128
+    normalization: typing.Literal["auto", "caffe", "caffe_detectron", "torch", "tf"] = "auto"
+    """Input normalisation (data.pipeline.NORMALIZATIONS); "auto": the rule model.backbone's
+    pretrained weights need (data.pipeline.BACKBONE_NORMALIZATION)."""
     scale_range: typing.Optional[typing.Tuple[float, float]] = None
     """Multi-scale training: image_size is multiplied by a factor drawn uniformly from this range."""
     hflip_prob: float = 0.5
@@ -120,6 +123,11 @@ class TrainConfig:
     """Keras mixed-precision policy; losses, boxes and rays stay float32; float16 uses loss scaling."""
     jit_polar_iou: bool = True
     """Compile the Polar IoU loss with XLA (in its own tf.function)."""
+    init_checkpoint: typing.Optional[str] = None
+    """Weights to start from when the model dir has no checkpoint yet: a model dir (or a ckpt-N
+    prefix in one) holding config.yaml, written by training or tools.convert_original. The network
+    must be the same except model.num_classes; when that differs, the class-logit conv keeps its
+    fresh initialisation (prior_prob) and every other variable is copied (fine-tuning)."""
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
     eval_every: int = 0

@@ -13,8 +13,9 @@ seconds per image). Evaluation follows the original (spec section 5); see
 polarmask_tf.evaluation for the frame conversions.
 
 The config defaults to config.yaml of the checkpoint's model dir. The label map defaults to the
-annotations' categories in category id order (the rule create_tfrecords uses without
---label-map); give --label-map when the model was trained with another one. Images that cannot
+model dir's labels.json, else to the annotations' categories in category id order (the rule
+create_tfrecords uses without --label-map); give --label-map when the model was trained with
+another one. Images that cannot
 be read are skipped and reported, never fatal. Exit status: 0 after an evaluation, 1 when no image
 could be read, 2 for unusable arguments (a checkpoint that does not fit the config, a missing
 checkpoint, an invalid config, annotations or label map).
@@ -56,7 +57,8 @@ def main(argv=None, stream=None):
     try:
         config_path = inference.checkpoint_config_path(args.checkpoint, args.config)
         config = cfg.load_config(config_path, args.set)
-        label_map = coco.read_label_map(args.label_map) if args.label_map else None
+        labels = args.label_map or inference.beside_checkpoint(args.checkpoint, inference.LABELS_FILE)
+        label_map = coco.read_label_map(labels) if labels else None
         evaluator = evaluation.Evaluator(
             config, args.annotations, args.images_dir, label_map, args.max_images, args.batch_size
         )

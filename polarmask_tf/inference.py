@@ -34,17 +34,27 @@ def find_checkpoint(path):
     raise FileNotFoundError(f"no checkpoint at {path} (give a model dir, its checkpoints/ dir or a ckpt-N prefix)")
 
 
-def config_beside_checkpoint(checkpoint):
-    """config.yaml of the model dir of `checkpoint` (a model dir, its checkpoints/ dir or a ckpt-N
-    prefix; see inference.find_checkpoint, whose FileNotFoundError propagates), or None."""
+LABELS_FILE = "labels.json"
+"""The model dir's label map (data.coco.write_label_map): training copies the one beside its shards,
+tools.convert_original writes COCO's; predict, evaluate and export read it when no --label-map is given."""
+
+
+def beside_checkpoint(checkpoint, name):
+    """The file `name` of the model dir of `checkpoint` (a model dir, its checkpoints/ dir or a
+    ckpt-N prefix; see find_checkpoint, whose FileNotFoundError propagates), or None."""
     directory = os.path.dirname(os.path.abspath(find_checkpoint(checkpoint)))
     candidates = [directory]
     if os.path.basename(directory) == "checkpoints":
         candidates.append(os.path.dirname(directory))
     for candidate in candidates:
-        if os.path.isfile(os.path.join(candidate, "config.yaml")):
-            return os.path.join(candidate, "config.yaml")
+        if os.path.isfile(os.path.join(candidate, name)):
+            return os.path.join(candidate, name)
     return None
+
+
+def config_beside_checkpoint(checkpoint):
+    """config.yaml of the model dir of `checkpoint`, or None (see beside_checkpoint)."""
+    return beside_checkpoint(checkpoint, "config.yaml")
 
 
 def checkpoint_config_path(checkpoint, config_path=None):

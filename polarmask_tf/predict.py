@@ -19,8 +19,8 @@ decoded from the rays of its most central positive. The check to make on your ow
 training.
 
 The config defaults to config.yaml of the checkpoint's model dir; class names come from
---label-map, else from the `<prefix>-labels.json` that create_tfrecords wrote beside the config's
-training shards, else "class k".
+--label-map, else from the model dir's labels.json, else from the `<prefix>-labels.json` that
+create_tfrecords wrote beside the config's training shards, else "class k".
 """
 
 import argparse
@@ -95,7 +95,8 @@ def predict_images(args, config, stream):
         print(f"error: no files match {' '.join(args.images)}", file=sys.stderr)
         return 1
     try:
-        label_map = coco.model_label_map(config, args.label_map)
+        label_map = coco.model_label_map(
+            config, args.label_map or inference.beside_checkpoint(args.checkpoint, inference.LABELS_FILE))
     except ValueError as error:
         raise UsageError(str(error)) from error
     names = {c.label: c.name for c in label_map.categories}

@@ -152,14 +152,15 @@ def draw_detections(image, detections, label_names=None, score_threshold=0.3, dr
     return canvas
 
 
-def denormalize_image(image, backbone):
+def denormalize_image(image, rule):
     """Inverse of data.pipeline.normalize_image: network input float32 [h, w, 3] -> RGB uint8.
 
+    rule: a key of data.pipeline.NORMALIZATIONS (data.pipeline.input_normalization(config)).
     normalize_image is affine per pixel (a channel permutation, scale and offset), so it is
-    measured on the zero colour and the three unit colours and inverted, for any backbone it knows.
+    measured on the zero colour and the three unit colours and inverted, for any rule it knows.
     """
     probes = np.concatenate([np.zeros((1, 3)), np.eye(3)]).astype(np.float32)
-    response = np.asarray(pipeline.normalize_image(probes, backbone), np.float64)
+    response = np.asarray(pipeline.normalize_image(probes, rule), np.float64)
     offset, linear = response[0], (response[1:] - response[0]).T  # normalized = linear @ rgb + offset
     rgb = (np.asarray(image, np.float64) - offset) @ np.linalg.inv(linear).T
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
@@ -171,14 +172,14 @@ def draw_targets(image_input, targets, config, max_polygons=None, draw_rays=True
     image_input: float32 [Hp, Wp, 3], the normalised, padded network input (data.pipeline).
     targets: that image's targets (numpy or tensors): labels [P], rays [P, N], boxes [P, 4]
       (l, t, r, b), centerness [P]; optionally resized_size [2] (the picture is cropped to it).
-    config: config.Config (backbone for un-normalising, polar strides and grid).
+    config: config.Config (input normalisation for un-normalising, polar strides and grid).
     max_polygons: draw at most this many instances' polygons (default: all).
     Draws every positive location as a dot coloured by FPN level (LEVEL_COLOURS, counted in a
     legend), and per instance (positives sharing a box target x - l, y - t, x + r, y + b belong to
     the same instance) the ray polygon of its positive with the highest centerness target, in the
     class colour, with its rays when draw_rays. Returns RGB uint8 [h, w, 3].
     """
-    picture = denormalize_image(image_input, config.model.backbone)
+    picture = denormalize_image(image_input, pipeline.input_normalization(config))
     height, width = picture.shape[:2]
     points, levels = targets_lib.fpn_points(height, width, config.polar.strides, config.polar.grid)
     labels = np.asarray(targets["labels"]).reshape(-1)

@@ -165,7 +165,7 @@ def test_two_workers_on_loopback_train_to_identical_weights_and_only_the_chief_w
     digests = [line.rsplit("weights ", 1)[1] for out in outputs for line in out.splitlines() if line.startswith("done:")]
     assert len(digests) == 2 and digests[0] == digests[1]
     assert "2 replicas, 2 images each; chief" in outputs[0] and "worker 1" in outputs[1]
-    assert sorted(os.listdir(model_dir)) == ["checkpoints", "config.yaml", "train"]
+    assert sorted(os.listdir(model_dir)) == ["checkpoints", "config.yaml", "labels.json", "train"]
     assert tf.train.latest_checkpoint(str(model_dir / "checkpoints")).endswith("ckpt-5")
     assert len(tf.io.gfile.glob(str(model_dir / "train" / "events.out.tfevents.*"))) == 1
     assert _summary_steps(str(model_dir)) == [1, 2, 3, 4, 5]

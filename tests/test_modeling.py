@@ -263,3 +263,49 @@ def test_input_size_not_multiple_of_128_is_rejected(tiny_model, height, width):
     with pytest.raises(tf.errors.InvalidArgumentError, match=f"multiples of 128.*\\[{height} {width}\\]"):
         dynamic(images)
     assert dynamic(random_images(1, 256, 128))["rays"].shape == (1, model_lib.num_locations(256, 128), 36)
+
+
+def _numpy_conv(x, kernel, bias, stride, pad):
+    """Reference 2D convolution: x [H, W, I], kernel [k, k, I, O], symmetric zero padding `pad`."""
+    x = np.pad(x, ((pad, pad), (pad, pad), (0, 0)))
+    k = kernel.shape[0]
+    rows, cols = (x.shape[0] - k) // stride + 1, (x.shape[1] - k) // stride + 1
+    out = np.zeros((rows, cols, kernel.shape[-1]))
+    for i in range(rows):
+        for j in range(cols):
+            window = x[i * stride : i * stride + k, j * stride : j * stride + k]
+            out[i, j] = np.tensordot(window, kernel, axes=3) + bias
+    return out
+
+
+@pytest.mark.parametrize("p5_size", [(4, 6), (3, 5)])
+def test_p6_and_p7_are_stride_2_convs_with_one_pixel_padding(p5_size):
+    """As the original's conv3x3 s2 p1: on an even map Keras "same" would pad bottom/right only."""
+    inputs = [keras.Input((None, None, c)) for c in (4, 4, 4)]
+    pyramid = keras.Model(inputs, fpn.build_fpn(inputs, channels=8))
+    rng = np.random.default_rng(0)
+    h, w = p5_size
+    features = [rng.normal(size=(1, h * s, w * s, 4)).astype(np.float32) for s in (4, 2, 1)]
+    p5, p6, p7 = (np.asarray(p[0], np.float64) for p in pyramid(features)[2:])
+    for layer, source, result in (("fpn_p6", p5, p6), ("fpn_p7", np.maximum(p6, 0), p7)):
+        kernel, bias = (np.asarray(v, np.float64) for v in pyramid.get_layer(layer).weights)
+        np.testing.assert_allclose(result, _numpy_conv(source, kernel, bias, 2, 1), rtol=1e-5, atol=1e-5)
+    assert p6.shape[:2] == ((h + 1) // 2, (w + 1) // 2)
+
+
+def test_resnext101_64x4d_layout():
+    """Pytorch style (stride on the grouped 3x3), 64 groups of width 4 doubling per stage, torch's BN eps."""
+    backbone = backbones.build_backbone(config_lib.ModelConfig(backbone="resnext101_64x4d"))
+    c3, c4, c5 = backbone(random_images(1, 64, 96))
+    assert (c3.shape, c4.shape, c5.shape) == ((1, 8, 12, 512), (1, 4, 6, 1024), (1, 2, 3, 2048))
+    layer = backbone.get_layer
+    assert layer("conv2_block1_2_conv").kernel.shape == (3, 3, 4, 256)
+    assert layer("conv5_block3_2_conv").kernel.shape == (3, 3, 32, 2048)
+    assert layer("conv3_block1_1_conv").strides == (1, 1) and layer("conv3_block1_2_conv").strides == (2, 2)
+    assert layer("conv4_block1_0_conv").strides == (2, 2)
+    assert len([l for l in backbone.layers if isinstance(l, keras.layers.Conv2D)]) == 104
+    assert not any(l.use_bias for l in backbone.layers if isinstance(l, keras.layers.Conv2D))
+    assert {l.epsilon for l in backbone.layers if isinstance(l, keras.layers.BatchNormalization)} == {1e-5}
+    assert not layer("conv2_block3_3_conv").trainable and layer("conv3_block1_1_conv").trainable
+    with pytest.raises(ValueError, match="no ImageNet weights"):
+        backbones.build_backbone(config_lib.ModelConfig(backbone="resnext101_64x4d", backbone_weights="imagenet"))

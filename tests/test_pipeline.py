@@ -169,12 +169,27 @@ def test_flipped_image_gets_mirrored_targets(shards):
     np.testing.assert_allclose(flipped["boxes"][:, partner][..., [2, 1, 0, 3]], original["boxes"], atol=1e-3)
 
 
-def test_resnet_normalisation_and_unknown_backbone():
+def test_normalisation_rules():
     pixel = tf.constant([[[255.0, 0.0, 10.0]]])
-    np.testing.assert_allclose(pipeline.normalize_image(pixel, "resnet50"), [[[10 - 103.939, -116.779, 255 - 123.68]]], atol=1e-4)
-    np.testing.assert_allclose(pipeline.normalize_image(pixel, "mobilenet_v2"), [[[1.0, -1.0, 10 / 127.5 - 1]]], atol=1e-6)
-    with pytest.raises(ValueError, match="no input normalisation"):
+    rules = {
+        "caffe": [10 - 103.939, -116.779, 255 - 123.68],
+        "caffe_detectron": [10 - 102.9801, -115.9465, 255 - 122.7717],
+        "torch": [(255 - 123.675) / 58.395, -116.28 / 57.12, (10 - 103.53) / 57.375],
+        "tf": [1.0, -1.0, 10 / 127.5 - 1],
+    }
+    for rule, expected in rules.items():
+        np.testing.assert_allclose(pipeline.normalize_image(pixel, rule), [[expected]], rtol=1e-6, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown input normalisation 'vgg'"):
         pipeline.normalize_image(pixel, "vgg")
+
+
+@pytest.mark.parametrize("backbone, rule", [
+    ("resnet50", "caffe"), ("resnet101", "caffe"), ("resnext101_64x4d", "torch"), ("mobilenet_v2", "tf"), ("tiny", "tf"),
+])
+def test_auto_normalisation_follows_the_backbone_and_an_explicit_rule_wins(backbone, rule):
+    assert pipeline.input_normalization(cfg.load_config(None, [f"model.backbone={backbone}"])) == rule
+    explicit = cfg.load_config(None, [f"model.backbone={backbone}", "data.normalization=caffe_detectron"])
+    assert pipeline.input_normalization(explicit) == "caffe_detectron"
 
 
 def test_missing_shards_name_the_pattern(tmp_path):

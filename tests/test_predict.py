@@ -174,18 +174,18 @@ def test_draw_targets_marks_positives_of_a_pipeline_element(tiny_run, tmp_path):
     picture = visualize.draw_targets(image.numpy(), targets, config)
     rows, cols = targets["resized_size"]
     assert picture.shape == (rows, cols, 3) and picture.dtype == np.uint8
-    plain = visualize.denormalize_image(image.numpy(), "tiny")[:rows, :cols]
+    plain = visualize.denormalize_image(image.numpy(), "tf")[:rows, :cols]
     points, _ = targets_lib.fpn_points(*image.shape[:2], config.polar.strides, config.polar.grid)
     positives = points[targets["labels"] > 0].round().astype(int)
     assert len(positives) > 0
     assert (picture[positives[:, 1], positives[:, 0]] != plain[positives[:, 1], positives[:, 0]]).any(axis=-1).all()
 
 
-@pytest.mark.parametrize("backbone", ["tiny", "mobilenet_v2", "resnet50"])
-def test_denormalize_inverts_the_pipeline_normalisation(backbone):
+@pytest.mark.parametrize("rule", sorted(pipeline.NORMALIZATIONS))
+def test_denormalize_inverts_the_pipeline_normalisation(rule):
     rgb = np.random.default_rng(0).integers(0, 256, (4, 5, 3)).astype(np.float32)
-    normalized = np.asarray(pipeline.normalize_image(rgb, backbone))
-    np.testing.assert_array_equal(visualize.denormalize_image(normalized, backbone), rgb.astype(np.uint8))
+    normalized = np.asarray(pipeline.normalize_image(rgb, rule))
+    np.testing.assert_array_equal(visualize.denormalize_image(normalized, rule), rgb.astype(np.uint8))
 
 
 def test_draw_detections_without_detections_returns_the_image():

@@ -187,3 +187,25 @@ def test_a_trained_checkpoint_loads_for_inference_with_identical_outputs(records
         np.testing.assert_allclose(got[key], expected[key], rtol=1e-5, atol=1e-5)
     trained = {v.path: v.numpy() for v in trainer.model.weights}
     assert all(np.array_equal(trained[v.path], v.numpy()) for v in loaded.weights)
+
+
+def test_init_checkpoint_copies_all_but_a_resized_class_conv_and_refuses_another_network(tmp_path):
+    """train.init_checkpoint (fine-tuning): num_classes may differ, head_channels may not."""
+    base = ["model.backbone=tiny", "model.backbone_weights=null", "model.fpn_channels=16", "model.head_channels=16",
+            "model.head_convs=1", "model.group_norm_groups=4", "model.num_classes=5"]
+    source_config = cfg.load_config(os.path.join(ROOT, "configs", "quickstart.yaml"), base)
+    source, _ = loop.build_training_state(source_config)
+    (tmp_path / "source").mkdir()
+    cfg.dump_config(source_config, str(tmp_path / "source" / "config.yaml"))
+    tf.train.Checkpoint(model=source).save(str(tmp_path / "source" / "checkpoints" / "ckpt"))
+
+    target_config = cfg.apply_overrides(source_config, ["model.num_classes=3"])
+    target, _ = loop.build_training_state(target_config)
+    fresh = loop.initialize_from(target, target_config, str(tmp_path / "source"))
+    assert fresh == ["head/cls_logits/kernel", "head/cls_logits/bias"]
+    for mine, theirs in zip(target.weights, source.weights):
+        if "cls_logits" not in mine.path:
+            np.testing.assert_array_equal(mine.numpy(), theirs.numpy(), err_msg=mine.path)
+    other = cfg.apply_overrides(source_config, ["model.head_channels=8"])
+    with pytest.raises(loop.ArchitectureMismatchError, match="model.head_channels: 16 there, 8 here"):
+        loop.initialize_from(loop.build_training_state(other)[0], other, str(tmp_path / "source"))

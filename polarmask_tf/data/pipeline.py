@@ -17,20 +17,52 @@ import tensorflow as tf
 
 from polarmask_tf.data import augment, targets, tfrecord
 
-_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+NORMALIZATIONS = {
+    "caffe": ("bgr", (103.939, 116.779, 123.68), (1.0, 1.0, 1.0)),
+    "caffe_detectron": ("bgr", (102.9801, 115.9465, 122.7717), (1.0, 1.0, 1.0)),
+    "torch": ("rgb", (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)),
+    "tf": ("rgb", (127.5, 127.5, 127.5), (127.5, 127.5, 127.5)),
+}
+"""Input normalisation rules: (channel order, mean, std) on pixel values in [0, 255], applied as
+(x - mean) / std in that channel order.
+  caffe:           keras.applications ResNet weights (its preprocess_input "caffe" mode);
+  caffe_detectron: the Detectron caffe2 ResNets of the original's R-50 / R-101 models;
+  torch:           ImageNet RGB mean/std (torchvision, the original's ResNeXt-101 models);
+  tf:              [-1, 1] (keras.applications MobileNetV2; the tiny backbone)."""
+
+BACKBONE_NORMALIZATION = {
+    "resnet50": "caffe",
+    "resnet101": "caffe",
+    "resnext101_64x4d": "torch",
+    "mobilenet_v2": "tf",
+    "tiny": "tf",
+}
+"""The rule each backbone's pretrained weights need: what data.normalization "auto" means. The one
+place that decides it; a converted original model names its rule explicitly (caffe_detectron)."""
 
 
-def normalize_image(image, backbone):
-    """RGB float32 [..., 3] in [0, 255] -> the input the backbone's ImageNet weights expect.
+def input_normalization(config):
+    """The normalisation rule (a key of NORMALIZATIONS) of a config.Config: data.normalization,
+    or for "auto" the rule of model.backbone's weights."""
+    rule = config.data.normalization
+    if rule == "auto":
+        if config.model.backbone not in BACKBONE_NORMALIZATION:
+            raise ValueError(f"no input normalisation for backbone {config.model.backbone!r}")
+        return BACKBONE_NORMALIZATION[config.model.backbone]
+    return rule
 
-    resnet50/resnet101 (keras.applications, caffe style): RGB -> BGR minus the ImageNet mean.
-    mobilenet_v2 and tiny: x / 127.5 - 1.
-    """
-    if backbone in ("resnet50", "resnet101"):
-        return tf.reverse(image, [-1]) - tf.constant(_CAFFE_MEAN_BGR)
-    if backbone in ("mobilenet_v2", "tiny"):
-        return image / 127.5 - 1.0
-    raise ValueError(f"no input normalisation for backbone {backbone!r}")
+
+def normalize_image(image, rule):
+    """RGB float32 [..., 3] in [0, 255] -> the network input under `rule` (NORMALIZATIONS)."""
+    if rule not in NORMALIZATIONS:
+        raise ValueError(f"unknown input normalisation {rule!r}: use one of {', '.join(NORMALIZATIONS)}")
+    order, mean, std = NORMALIZATIONS[rule]
+    if order == "bgr":
+        image = tf.reverse(image, [-1])
+    image = image - tf.constant(mean, image.dtype)
+    if std != (1.0, 1.0, 1.0):
+        image = image / tf.constant(std, image.dtype)
+    return image
 
 
 def padded_image_shape(data):
@@ -42,7 +74,7 @@ def padded_image_shape(data):
 def _normalize_and_pad(image, config):
     """Resized RGB float32 [h, w, 3] in [0, 255] -> the network input [Hp, Wp, 3] (zero padding
     after normalisation, at the bottom and right)."""
-    image = normalize_image(image, config.model.backbone)
+    image = normalize_image(image, input_normalization(config))
     return tf.image.pad_to_bounding_box(image, 0, 0, *padded_image_shape(config.data))
 
 

@@ -66,10 +66,10 @@ class InputSizeCheck(keras.layers.Layer):
 def build_model(config):
     """The PolarMask keras.Model for a config.Config (sections model and polar).
 
-    Input "image": float32 [B, H, W, 3], normalised by data.pipeline.normalize_image for
-    config.model.backbone. H and W are dynamic but must be multiples of 128 (the P7 stride): the
-    model then has exactly H/s x W/s locations at every level s, like the targets, and the FPN's
-    top-down additions line up. Other sizes raise an error (InputSizeCheck).
+    Input "image": float32 [B, H, W, 3], normalised by data.pipeline.normalize_image with the rule
+    data.pipeline.input_normalization(config). H and W are dynamic but must be multiples of 128
+    (the P7 stride): the model then has exactly H/s x W/s locations at every level s, like the
+    targets, and the FPN's top-down additions line up. Other sizes raise an error (InputSizeCheck).
 
     Outputs, a dict of float32 tensors (also under mixed precision), P = sum_s (H/s) * (W/s):
       "cls_logits": [B, P, num_classes], class logits (class c is column c - 1);

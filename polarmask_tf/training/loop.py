@@ -29,10 +29,11 @@ import time
 
 import keras
 import tensorflow as tf
+from absl import logging
 
 from polarmask_tf import config as cfg
-from polarmask_tf import losses
-from polarmask_tf.data import pipeline
+from polarmask_tf import inference, losses
+from polarmask_tf.data import coco, pipeline
 from polarmask_tf.modeling.model import build_model
 from polarmask_tf.progress import ProgressBar
 from polarmask_tf.training import distribute
@@ -91,6 +92,18 @@ def check_model_dir(config, model_dir):
         )
 
 
+def build_training_state(config):
+    """(model, optimizer) of `config`, built, in the current strategy scope and dtype policy: what a
+    training checkpoint holds (tf.train.Checkpoint(model=..., optimizer=...)), so that tools writing
+    a model dir (tools.convert_original) write checkpoints training resumes from."""
+    model = build_model(config)
+    optimizer = build_optimizer(config.train)
+    if config.train.mixed_precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    optimizer.build(model.trainable_variables)
+    return model, optimizer
+
+
 class Trainer:
     """Builds the model, optimiser, input and checkpointing for `config` under `strategy`."""
 
@@ -112,15 +125,13 @@ class Trainer:
         os.makedirs(self.write_dir, exist_ok=True)
         if self.is_chief:
             cfg.dump_config(config, os.path.join(model_dir, "config.yaml"))
+            labels = coco.labels_beside_shards(config.data.train_files)
+            if labels is not None and os.path.isfile(labels):
+                shutil.copyfile(labels, os.path.join(model_dir, inference.LABELS_FILE))
         train = config.train
         keras.mixed_precision.set_global_policy(train.mixed_precision or "float32")
         with self.strategy.scope():
-            self.model = build_model(config)
-            optimizer = build_optimizer(train)
-            if train.mixed_precision == "mixed_float16":
-                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-            self.optimizer = optimizer
-            self.optimizer.build(self.model.trainable_variables)
+            self.model, self.optimizer = build_training_state(config)
         self.evaluator = None
         if train.eval_every and self.is_chief:
             if not (train.eval_annotations and train.eval_images_dir):
@@ -211,6 +222,18 @@ class Trainer:
         start = self.step
         if resumed:
             print(f"resumed from {resumed} at step {start}", file=stream)
+        elif self.config.train.init_checkpoint:
+            fresh = initialize_from(self.model, self.config, self.config.train.init_checkpoint)
+            print(f"initialised from {self.config.train.init_checkpoint}"
+                  + (f"; kept the fresh initialisation of {', '.join(fresh)}" if fresh else ""), file=stream)
+        else:
+            model = self.config.model
+            if model.backbone_weights is None and (model.freeze_stem or model.freeze_batchnorm):
+                logging.warning(
+                    "training from scratch: backbone %s has random weights but freeze_stem=%s, freeze_batchnorm=%s, so "
+                    "frozen layers keep their random initialisation (set both to false, or give model.backbone_weights "
+                    "or train.init_checkpoint)", model.backbone, model.freeze_stem, model.freeze_batchnorm,
+                )
         if start >= total_steps:
             return []
         self._step_fn = self._step_fn or self._make_step_fn()
@@ -291,6 +314,38 @@ class Trainer:
             tf.summary.scalar("positives_per_image", values["positives_per_image"])
             tf.summary.scalar("grad_norm", values["grad_norm"])
             tf.summary.scalar("images_per_second", images_per_second)
+
+
+FINE_TUNING_KEYS = ("model.num_classes", "model.freeze_stem", "model.freeze_batchnorm")
+"""Architecture keys an init_checkpoint may differ in (a new num_classes re-initialises the class-logit conv)."""
+
+
+def initialize_from(model, config, checkpoint):
+    """Copies the weights of `checkpoint` (a model dir or a ckpt-N prefix with config.yaml beside
+    it) into `model` (built from `config`). Returns the paths of the variables left at their fresh
+    initialisation: the class-logit conv's kernel and bias when model.num_classes differs, else none.
+    Raises ArchitectureMismatchError when the networks differ otherwise, and FileNotFoundError /
+    ConfigError for a missing checkpoint or config."""
+    source_config = cfg.load_config(inference.checkpoint_config_path(checkpoint))
+    old, new = _flatten(cfg.to_dict(source_config)), _flatten(cfg.to_dict(config))
+    differences = [f"{key}: {old[key]!r} there, {new[key]!r} here" for key in ARCHITECTURE_KEYS
+                   if key not in FINE_TUNING_KEYS and old[key] != new[key]]
+    if differences:
+        raise ArchitectureMismatchError(
+            f"train.init_checkpoint {checkpoint} is another network ({'; '.join(differences)}): only "
+            f"{', '.join(FINE_TUNING_KEYS)} may differ"
+        )
+    source = inference.load_model(source_config, checkpoint)
+    fresh = []
+    for target, value in zip(model.weights, source.weights):
+        if tuple(target.shape) == tuple(value.shape):
+            target.assign(value)
+        elif "cls_logits" in target.path:
+            fresh.append(target.path)
+        else:
+            raise ArchitectureMismatchError(f"{target.path}: shape {tuple(target.shape)} here, {tuple(value.shape)} "
+                                            f"in {checkpoint}")
+    return fresh
 
 
 def weights_digest(model):

@@ -1,0 +1,179 @@
+"""Converts an original PolarMask checkpoint (PyTorch .pth) into a model dir of this project.
+
+    python -m polarmask_tf.tools.convert_original --checkpoint polar_768_1x_r50.pth --output-dir runs/r50_1x \\
+        [--set data.image_size=[800,1333] ...] [--ray-order auto|old|head] [--verify-image photo.jpg]
+
+Writes OUTPUT_DIR in the layout training writes, so predict, evaluate, export_saved_model.py and
+train_main.py (resume, or train.init_checkpoint for fine-tuning) take it as it is:
+  config.yaml        the original's test settings (conversion.settings.converted_config), then --set;
+  labels.json        COCO's 80 categories with their real ids and names (or meta["CLASSES"]);
+  checkpoints/ckpt-0 model and a fresh optimiser at step 0 (training.loop.build_training_state);
+  conversion.json    the source file (path, size, SHA-256), what was detected, notes, counts.
+Nothing is written when anything is wrong with the file: the output appears complete or not at
+all (written beside it, then renamed). ResNet-50/101 (caffe) and ResNeXt-101 64x4d (pytorch)
+backbones; "fcos_" and "polar_" head namings with their ray orders; legacy and zip torch formats.
+Exit status 0 on success, 2 for a file or setting that cannot be converted (the message says why).
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+
+from polarmask_tf import config as cfg
+from polarmask_tf.conversion import ConversionError, checkpoint, layout as layout_lib, settings as settings_lib
+
+CONVERSION_REPORT = "conversion.json"
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _meta_summary(meta):
+    return {key: meta[key] for key in ("mmdet_version", "mmcv_version", "epoch", "iter", "time")
+            if isinstance(meta.get(key), (str, int, float))}
+
+
+def check_ray_order(config, model, order, image_path, forced):
+    """conversion.ray_check on one image: {"image", "errors", "best"}. Raises ConversionError when
+    the rays follow another order than `order` and the order was not `forced` by the user."""
+    from polarmask_tf import evaluation
+    from polarmask_tf.conversion import ray_check
+    from polarmask_tf.data import coco, pipeline
+
+    try:
+        image = evaluation.load_image(image_path)
+    except coco.ImageError as error:
+        raise ConversionError(f"--verify-image: {error}") from None
+    inputs = pipeline.preprocess_image(image, config)[0][None]
+    outputs = {key: value.numpy() for key, value in model(inputs, training=False).items()}
+    errors = ray_check.ray_order_errors(outputs, order)
+    best = min(errors, key=errors.get)
+    if best != order and not forced:
+        shown = ", ".join(f"{name} {value:.2f}" for name, value in errors.items())
+        raise ConversionError(
+            f"on {image_path} the rays match the box sides best in the {best!r} order, not the {order!r} order "
+            f"the head naming implies (median relative errors: {shown}); check the file, or pass --ray-order "
+            "old or head to convert it in the order you know it has"
+        )
+    return {"image": image_path, "errors": errors, "best": best}
+
+
+def convert(checkpoint_path, output_dir, overrides=(), ray_order="auto", stream=None, verify_image=None):
+    """Converts `checkpoint_path` into the model dir `output_dir` (which must not exist, or be empty).
+    verify_image: an image file (a real photo) to check the ray order on (check_ray_order).
+    Returns the conversion report (a dict, also written as conversion.json). Raises ConversionError
+    (nothing written) for a file or setting that cannot be converted, FileExistsError for a
+    non-empty output_dir."""
+    stream = stream or sys.stdout
+    if os.path.isdir(output_dir) and os.listdir(output_dir):
+        raise FileExistsError(f"{output_dir} exists and is not empty: choose a new --output-dir")
+    start = time.perf_counter()
+    state, meta = checkpoint.read_checkpoint(checkpoint_path)
+    found = layout_lib.inspect(state)
+    layout_lib.check_state(state, found)
+    original = settings_lib.read_settings(meta)
+    order = settings_lib.ray_order(found, original, ray_order)
+    config = settings_lib.converted_config(found, original, overrides)
+    labels = settings_lib.label_map(found.num_classes, original.classes)
+    read_seconds = time.perf_counter() - start
+    print(f"read {checkpoint_path}: {found.backbone}, '{found.head_prefix}_' head ({order} ray order), "
+          f"{found.num_classes} classes, {found.num_rays} rays, {len(state)} tensors ({read_seconds:.1f} s)", file=stream)
+
+    import keras
+    import tensorflow as tf
+
+    from polarmask_tf import inference
+    from polarmask_tf.data import coco
+    from polarmask_tf.training.loop import build_training_state
+
+    keras.mixed_precision.set_global_policy("float32")
+    model, optimizer = build_training_state(config)
+    assignments = layout_lib.keras_assignments(model, state, found, order)
+    for variable, value in assignments:
+        variable.assign(value)
+    check = check_ray_order(config, model, order, verify_image, ray_order != "auto") if verify_image else None
+
+    staging = f"{output_dir.rstrip(os.sep)}.converting-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    try:
+        cfg.dump_config(config, os.path.join(staging, "config.yaml"))
+        coco.write_label_map(labels, os.path.join(staging, inference.LABELS_FILE))
+        manager = tf.train.CheckpointManager(
+            tf.train.Checkpoint(model=model, optimizer=optimizer), os.path.join(staging, "checkpoints"),
+            max_to_keep=config.train.keep_checkpoints,
+        )
+        manager.save(checkpoint_number=0)
+        report = {
+            "source": os.path.abspath(checkpoint_path),
+            "source_bytes": os.path.getsize(checkpoint_path),
+            "source_sha256": _sha256(checkpoint_path),
+            "meta": _meta_summary(meta),
+            "backbone": found.backbone,
+            "head_naming": found.head_prefix,
+            "ray_order": order,
+            "num_classes": found.num_classes,
+            "num_rays": found.num_rays,
+            "tensors": len(state),
+            "original_parameters": layout_lib.parameter_count(found),
+            "keras_variables": len(assignments),
+            "keras_weights": int(model.count_params()),
+            "notes": layout_lib.batchnorm_notes(state, found),
+            "ray_order_check": check,
+            "seconds": round(time.perf_counter() - start, 2),
+        }
+        with open(os.path.join(staging, CONVERSION_REPORT), "w") as out:
+            json.dump(report, out, indent=2)
+        if os.path.isdir(output_dir):
+            os.rmdir(output_dir)  # empty, checked above
+        os.rename(staging, output_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return report
+
+
+def main(argv=None, stream=None):
+    stream = stream or sys.stdout
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="the original's .pth file")
+    parser.add_argument("--output-dir", required=True, help="model dir to create (must not exist, or be empty)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override the converted config, e.g. data.image_size=[800,1333] (repeatable)")
+    parser.add_argument("--ray-order", choices=("auto", "old", "head"), default="auto",
+                        help="the file's ray order: auto (from the head naming and meta), old (fcos_ files) or "
+                             "head (polar_ files); only for files whose naming and meta disagree")
+    parser.add_argument("--verify-image", help="a photo to check the ray order on: at the most confident locations "
+                        "the rays pointing right/down/left/up must match the box branch's sides (real weights only)")
+    args = parser.parse_args(argv)
+    try:
+        report = convert(args.checkpoint, args.output_dir, args.set, args.ray_order, stream, args.verify_image)
+    except (ConversionError, FileExistsError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for note in report["notes"]:
+        print(f"note: {note}", file=stream)
+    if report["ray_order_check"]:
+        errors = report["ray_order_check"]["errors"]
+        print("ray order check: median relative error of the right/down/left/up rays against the box sides: "
+              + ", ".join(f"{name} {value:.3f}" for name, value in errors.items()), file=stream)
+    print(f"wrote {args.output_dir} in {report['seconds']:.1f} s: {report['original_parameters']:,} parameters "
+          f"({report['tensors']} tensors) into {report['keras_variables']} Keras variables", file=stream)
+    print(f"  predict:  python -m polarmask_tf.predict --checkpoint {args.output_dir} --images photo.jpg", file=stream)
+    print(f"  evaluate: python -m polarmask_tf.evaluate --checkpoint {args.output_dir} --annotations "
+          "instances_val2017.json --images-dir val2017", file=stream)
+    print(f"  export:   python export_saved_model.py --checkpoint {args.output_dir} --export_dir exports/polarmask",
+          file=stream)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
