@@ -21,7 +21,7 @@ import tensorflow as tf  # noqa: E402
 
 from conftest import SHARED_DIR, synthetic_train_records  # noqa: E402
 from polarmask_tf import config as cfg, inference  # noqa: E402
-from polarmask_tf.conversion import ConversionError, checkpoint, layout, settings  # noqa: E402
+from polarmask_tf.conversion import ConversionError, layout, settings  # noqa: E402
 from polarmask_tf.data import pipeline, synthetic  # noqa: E402
 from polarmask_tf.tools import convert_original  # noqa: E402
 from polarmask_tf.training import loop  # noqa: E402

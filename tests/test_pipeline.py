@@ -2,7 +2,6 @@
 
 import os
 
-import cv2
 import numpy as np
 import pytest
 import tensorflow as tf

@@ -21,4 +21,4 @@ def test_quickstart_makes_data_trains_and_resumes(tmp_path, capsys):
     ]
     assert quickstart.main(["--model-dir", str(model_dir)] + overrides[:-4] + ["--set", "train.total_steps=4", "--set", "data.batch_size=2"]) == 0
     out = capsys.readouterr().out
-    assert "making the synthetic dataset" not in out and f"ckpt-4" in out
+    assert "making the synthetic dataset" not in out and "ckpt-4" in out

@@ -12,7 +12,6 @@ import math
 
 from polarmask_tf import config as cfg
 from polarmask_tf.conversion import ConversionError
-from polarmask_tf.conversion.layout import HEAD_PREFIXES
 from polarmask_tf.data.coco import Category, LabelMap
 
 COCO_CATEGORIES = (

@@ -71,6 +71,13 @@ def _flatten(data, prefix=""):
     return flat
 
 
+def _architecture_differences(there, here, ignore=()):
+    """["key: value there, value here"] for the ARCHITECTURE_KEYS (but `ignore`) two configs disagree on."""
+    old, new = _flatten(cfg.to_dict(there)), _flatten(cfg.to_dict(here))
+    return [f"{key}: {old[key]!r} there, {new[key]!r} here" for key in ARCHITECTURE_KEYS
+            if key not in ignore and old[key] != new[key]]
+
+
 def check_model_dir(config, model_dir):
     """Raises ArchitectureMismatchError when model_dir's config.yaml describes another network than
     `config` (any of ARCHITECTURE_KEYS differs) while it holds checkpoints."""
@@ -83,8 +90,7 @@ def check_model_dir(config, model_dir):
         raise ArchitectureMismatchError(
             f"{model_dir} holds checkpoints but its config.yaml cannot be read ({error}); use a new --model_dir"
         ) from error
-    old, new = _flatten(cfg.to_dict(previous)), _flatten(cfg.to_dict(config))
-    differences = [f"{key}: {old[key]!r} there, {new[key]!r} here" for key in ARCHITECTURE_KEYS if old[key] != new[key]]
+    differences = _architecture_differences(previous, config)
     if differences:
         raise ArchitectureMismatchError(
             f"{model_dir} holds checkpoints of a different architecture ({'; '.join(differences)}). "
@@ -327,9 +333,7 @@ def initialize_from(model, config, checkpoint):
     Raises ArchitectureMismatchError when the networks differ otherwise, and FileNotFoundError /
     ConfigError for a missing checkpoint or config."""
     source_config = cfg.load_config(inference.checkpoint_config_path(checkpoint))
-    old, new = _flatten(cfg.to_dict(source_config)), _flatten(cfg.to_dict(config))
-    differences = [f"{key}: {old[key]!r} there, {new[key]!r} here" for key in ARCHITECTURE_KEYS
-                   if key not in FINE_TUNING_KEYS and old[key] != new[key]]
+    differences = _architecture_differences(source_config, config, ignore=FINE_TUNING_KEYS)
     if differences:
         raise ArchitectureMismatchError(
             f"train.init_checkpoint {checkpoint} is another network ({'; '.join(differences)}): only "
