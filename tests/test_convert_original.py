@@ -175,6 +175,7 @@ def test_r50_config_labels_and_report(r50):
     assert labels.categories[11].category_id == 13  # stop sign: COCO ids have gaps
     assert report["tensors"] == 388 and report["source_bytes"] == os.path.getsize(root / "polar_768_1x_r50.pth")
     assert any("running statistics" in note for note in report["notes"])  # random BN stats are not caffe's 0 / 1
+    assert any("assumed the 1x models' 1280x768" in note for note in report["notes"])  # this meta has no config
 
 
 def test_zip_format_with_polar_naming_and_module_prefix_converts_with_the_head_order(r50, tmp_path, image):
@@ -260,6 +261,7 @@ def test_meta_config_is_read_without_running_it():
     assert (found.normalization, found.score_threshold, found.nms_iou_threshold) == ("caffe_detectron", 0.05, 0.5)
     config = settings.converted_config(layout.Layout("resnet50", "polar", 80, 36), found)
     assert config.data.image_size == (800, 1333) and config.data.resize == "stretch"
+    assert settings.assumption_notes(found) == []
     assert settings.label_map(80, found.classes).categories[9].name == "traffic light"
     with pytest.raises(ConversionError, match="'fcos_' head naming but meta\\['config'\\] names the 'polar'"):
         settings.ray_order(layout.Layout("resnet50", "fcos", 80, 36), found)

@@ -217,6 +217,19 @@ def converted_config(layout, settings, overrides=()):
         raise ConversionError(f"converted config: {error}") from error
 
 
+def assumption_notes(settings):
+    """Notes on the settings a checkpoint's meta did not give, which converted_config assumed."""
+    notes = []
+    if settings.test_scale is None:
+        width, height = DEFAULT_TEST_SCALE
+        notes.append(f"meta has no test scale: assumed the 1x models' {width}x{height} stretch; for the 2x models "
+                     "(polar_640_800_2x_*) pass --set data.image_size=[800,1333]")
+    if settings.normalization is None:
+        notes.append("meta has no img_norm_cfg: assumed the backbone's rule (caffe BGR mean for ResNets, "
+                     "ImageNet RGB mean/std for ResNeXt)")
+    return notes
+
+
 def ray_order(layout, settings, requested="auto"):
     """The ray order ("old" or "head") to convert with: `requested` when not "auto", else the head
     naming's. ConversionError when meta's head type contradicts the key naming and nothing was requested."""

@@ -127,7 +127,7 @@ def convert(checkpoint_path, output_dir, overrides=(), ray_order="auto", stream=
             "original_parameters": layout_lib.parameter_count(found),
             "keras_variables": len(assignments),
             "keras_weights": int(model.count_params()),
-            "notes": layout_lib.batchnorm_notes(state, found),
+            "notes": settings_lib.assumption_notes(original) + layout_lib.batchnorm_notes(state, found),
             "ray_order_check": check,
             "seconds": round(time.perf_counter() - start, 2),
         }
