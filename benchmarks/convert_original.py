@@ -5,7 +5,7 @@
 1. Conversion time: a randomly initialised PyTorch PolarMask with exactly the original's layout
    (tests/original_torch.py; R-50: 388 tensors, 34,739,651 parameters; the released files cannot be
    downloaded here) is saved with torch.save in the legacy format, then converted by
-   tools.convert_original into a new model dir, `--repeats` times; the median is printed.
+   conversion.convert into a new model dir, `--repeats` times; the median is printed.
 2. Forward time at the original's test size, 768 x 1280, batch 1: the converted Keras model (one
    tf.function, float32) against the same network in PyTorch (tests/original_torch.py, written
    from the facts document, eval mode, no_grad), both with the converted weights, in this process,
@@ -35,7 +35,7 @@ import original_torch  # noqa: E402
 from timing import median_seconds  # noqa: E402
 
 from polarmask_tf import config as cfg, inference  # noqa: E402
-from polarmask_tf.tools import convert_original  # noqa: E402
+from polarmask_tf.conversion import convert as convert_original  # noqa: E402
 
 
 def main():

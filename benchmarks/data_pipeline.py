@@ -26,7 +26,8 @@ import tensorflow as tf  # noqa: E402
 
 from polarmask_tf import config as cfg  # noqa: E402
 from polarmask_tf.data import augment, pipeline, reference_targets, targets, tfrecord  # noqa: E402
-from polarmask_tf.tools import create_tfrecords  # noqa: E402
+from polarmask_tf.modeling import preprocessing  # noqa: E402
+from polarmask_tf.data import records_writer  # noqa: E402
 
 SHARED = pathlib.Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 TRAIN_POOL = [
@@ -41,7 +42,7 @@ def convert_pool(directory):
     start = time.perf_counter()
     images = 0
     for name, annotations, images_dir in TRAIN_POOL:
-        report = create_tfrecords.convert(
+        report = records_writer.convert(
             str(annotations), str(images_dir), os.path.join(directory, f"{name}-train"), num_shards=2,
             skip_empty=True, progress_stream=open(os.devnull, "w"),
         )
@@ -65,14 +66,14 @@ def pipeline_rate(config, batches, repeats):
 def prepared_instances(config, count):
     """(labels, boxes, centres, polygons, masks) per image, resized into the padded canvas."""
     data = config.data
-    padded = pipeline.padded_image_shape(data)
+    padded = preprocessing.padded_image_shape(data)
     files = pipeline.list_shards(data.train_files)
     prepared = []
     for serialized in tf.data.TFRecordDataset(files).take(count):
         parsed = tfrecord.parse_example(serialized)
         image = tf.cast(tf.io.decode_image(parsed["encoded"], channels=3, expand_animations=False), tf.float32)
         instances, _ = pipeline._select_instances(parsed, data.max_instances, data.max_vertices)
-        size = augment.resized_shape(tf.shape(image)[0], tf.shape(image)[1], data.image_size, data.resize)
+        size = preprocessing.resized_shape(tf.shape(image)[0], tf.shape(image)[1], data.image_size, data.resize)
         _, instances, _ = augment.resize(image, instances, size)
         valid = instances.labels.numpy() > 0
         polygons = instances.polygons.numpy()[valid]
@@ -84,7 +85,7 @@ def prepared_instances(config, count):
 
 
 def encoding_table(config, count, repeats):
-    padded = pipeline.padded_image_shape(config.data)
+    padded = preprocessing.padded_image_shape(config.data)
     prepared = prepared_instances(config, count)
     polar = config.polar
 
@@ -126,7 +127,7 @@ def main():
         print(f"{'setting':<14} {'padded':>11} {'images/s':>9}")
         for name, size in SETTINGS:
             config = cfg.load_config(None, base + [f"data.image_size=[{size[0]}, {size[1]}]"])
-            padded = pipeline.padded_image_shape(config.data)
+            padded = preprocessing.padded_image_shape(config.data)
             print(f"{name:<14} {padded[0]:>5}x{padded[1]:<5} {pipeline_rate(config, args.batches, args.repeats):>9.1f}")
         for name, size in SETTINGS:
             config = cfg.load_config(None, base + [f"data.image_size=[{size[0]}, {size[1]}]"])

@@ -25,7 +25,7 @@ from timing import median_seconds  # noqa: E402
 
 from polarmask_tf import config as cfg  # noqa: E402
 from polarmask_tf.data import synthetic  # noqa: E402
-from polarmask_tf.tools import create_tfrecords  # noqa: E402
+from polarmask_tf.data import records_writer  # noqa: E402
 from polarmask_tf.training import distribute, loop  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -42,7 +42,7 @@ def main():
     work = tempfile.mkdtemp(prefix="distributed-bench-")
     synthetic.generate_dataset(os.path.join(work, "synthetic"), 32, seed=1, val_fraction=0.0)
     with open(os.devnull, "w") as quiet:
-        create_tfrecords.convert(os.path.join(work, "synthetic", "annotations", "instances_train.json"),
+        records_writer.convert(os.path.join(work, "synthetic", "annotations", "instances_train.json"),
                                  os.path.join(work, "synthetic", "train"), os.path.join(work, "records", "train"),
                                  num_shards=2, progress_stream=quiet)
     config = cfg.load_config(args.config, [

@@ -73,7 +73,7 @@ def cli_table(annotations, repeats):
     times = []
     with tempfile.TemporaryDirectory() as tmp:
         command = [
-            sys.executable, "-m", "polarmask_tf.tools.upper_bound", "--annotations", str(annotations),
+            sys.executable, "-m", "polarmask_tf.cli.upper_bound", "--annotations", str(annotations),
             "--num-rays", "18", "36", "72", "--method", "exact", "reference", "--center", "mass",
             "--output", os.path.join(tmp, "report.json"),
         ]

@@ -28,7 +28,7 @@ from timing import median_seconds  # noqa: E402
 
 from polarmask_tf import config as cfg  # noqa: E402
 from polarmask_tf import postprocess as pp  # noqa: E402
-from polarmask_tf.modeling import model as modeling  # noqa: E402
+from polarmask_tf.modeling import model as modeling, pyramid  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "polarmask_mnv2_coco_subset.yaml"
@@ -80,7 +80,7 @@ def main():
     config = cfg.load_config(CONFIG, ["model.backbone_weights=null"])
     model = modeling.build_model(config)
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs; MobileNetV2 PolarMask {SIZE}x{SIZE}, "
-          f"{config.model.num_classes} classes, {modeling.num_locations(SIZE, SIZE)} locations; "
+          f"{config.model.num_classes} classes, {pyramid.num_locations(SIZE, SIZE)} locations; "
           f"median of {args.repeats} x {args.steps} calls; ms per image")
     header = (f"{'batch':>5} {'forward':>9} {'load':>6} {'pairs>thr':>10} {'dets':>6} "
               f"{'post fn':>9} {'share':>7} {'post XLA':>9} {'share':>7}")

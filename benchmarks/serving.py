@@ -30,7 +30,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from timing import median_seconds  # noqa: E402
 
 from polarmask_tf import config as cfg  # noqa: E402
-from polarmask_tf.data import coco, pipeline, synthetic  # noqa: E402
+from polarmask_tf.data import coco, synthetic  # noqa: E402
+from polarmask_tf.modeling import preprocessing  # noqa: E402
 from polarmask_tf.modeling import model as modeling  # noqa: E402
 from polarmask_tf.serving import export  # noqa: E402
 
@@ -64,7 +65,7 @@ def measure(name, batches, images, repeats, workdir):
     jpegs = _jpegs(max(batches))
     rows = []
     for batch in batches:
-        inputs = tf.stack([pipeline.preprocess_image(tf.io.decode_jpeg(data), config)[0] for data in jpegs[:batch]])
+        inputs = tf.stack([preprocessing.preprocess_image(tf.io.decode_jpeg(data), config)[0] for data in jpegs[:batch]])
         request = tf.constant(jpegs[:batch])
         calls = max(1, images // batch)
         raw = median_seconds(lambda: forward(inputs)["rays"].numpy(), calls, repeats) / batch

@@ -15,6 +15,8 @@ import typing
 
 import yaml
 
+from polarmask_tf.modeling import pyramid
+
 
 class ConfigError(ValueError):
     """A configuration file or override that does not fit the schema."""
@@ -30,15 +32,14 @@ class PolarConfig:
     """"exact" ray casting, or the original release's 1-degree vertex bins ("reference")."""
     center: typing.Literal["mass", "box"] = "mass"
     """Centre of the centre-sampling window: mass centre of the largest part, or box centre."""
-    strides: typing.Tuple[int, ...] = (8, 16, 32, 64, 128)
-    """FPN level strides P3..P7, pixels."""
     grid: typing.Literal["cell_center", "original"] = "cell_center"
     """Location (i, j) of a level with stride s sits at x = j*s + (s-1)/2 ("cell_center": the
     centre of its s x s pixel cell, symmetric under flips) or x = j*s + s//2 ("original": half a
     pixel right of and below it, as the original release)."""
     regress_ranges: typing.Tuple[typing.Tuple[float, float], ...] = (
         (-1.0, 64.0), (64.0, 128.0), (128.0, 256.0), (256.0, 512.0), (512.0, 1e8))
-    """Per level, the inclusive range of max(l, t, r, b) a positive location may have, pixels."""
+    """Per level P3..P7 (modeling.pyramid.STRIDES), the inclusive range of max(l, t, r, b) a
+    positive location may have, pixels."""
     center_sample_radius: float = 1.5
     """Positives lie within radius * stride of the centre (and inside the box)."""
     positives_per_chunk: int = 64
@@ -73,7 +74,7 @@ class DataConfig:
     """Input pipeline (data.pipeline.build_dataset)."""
 
     train_files: str = "data/synthetic/tfrecords/train-*.tfrecord"
-    """Glob of training TFRecord shards (tools/create_tfrecords)."""
+    """Glob of training TFRecord shards (polarmask-create-tfrecords)."""
     val_files: str = "data/synthetic/tfrecords/val-*.tfrecord"
     image_size: typing.Tuple[int, int] = (512, 512)
     """(height, width) the image is resized into; padded up to multiples of size_divisor."""
@@ -125,7 +126,7 @@ class TrainConfig:
     """Compile the Polar IoU loss with XLA (in its own tf.function)."""
     init_checkpoint: typing.Optional[str] = None
     """Weights to start from when the model dir has no checkpoint yet: a model dir (or a ckpt-N
-    prefix in one) holding config.yaml, written by training or tools.convert_original. The network
+    prefix in one) holding config.yaml, written by training or polarmask-convert-original. The network
     must be the same except model.num_classes; when that differs, the class-logit conv keeps its
     fresh initialisation (prior_prob) and every other variable is copied (fine-tuning)."""
     checkpoint_every: int = 1000
@@ -253,9 +254,133 @@ def _from_dict(cls, data, prefix=""):
     return cls(**values)
 
 
+REMOVED_KEYS = {"polar.strides": list(pyramid.STRIDES)}
+"""Keys that no longer exist because they had one legal value (config.yaml files of older runs still
+hold them): accepted with that value and dropped, refused with any other."""
+
+
+def _drop_removed_keys(data):
+    data = {section: dict(values) if isinstance(values, dict) else values for section, values in data.items()}
+    for dotted, legal in REMOVED_KEYS.items():
+        section, key = dotted.split(".")
+        if isinstance(data.get(section), dict) and key in data[section]:
+            value = data[section].pop(key)
+            if list(value) != legal:
+                raise ConfigError(f"{dotted} no longer exists: the pyramid is always P3..P7 with strides {legal} "
+                                  f"(modeling.pyramid), got {value!r}")
+    return data
+
+
 def from_dict(data, cls=Config):
-    """Builds `cls` from a nested dict; missing keys keep their defaults."""
-    return _from_dict(cls, data or {})
+    """Builds `cls` from a nested dict; missing keys keep their defaults. A Config is validated
+    (validate), so nothing the model or the pipeline cannot honour loads."""
+    data = _drop_removed_keys(data or {}) if cls is Config else data or {}
+    config = _from_dict(cls, data)
+    if cls is Config:
+        validate(config)
+    return config
+
+
+def _problems(config):
+    """(dotted key, what is wrong) for every value of `config` that would fail later, or silently
+    do something else than asked."""
+    polar, model, data, train, post = config.polar, config.model, config.data, config.train, config.postprocess
+    levels = len(pyramid.STRIDES)
+    if polar.num_rays < 3:
+        yield "polar.num_rays", f"needs at least 3 rays, got {polar.num_rays}"
+    elif data.hflip_prob > 0 and polar.num_rays % 2:
+        yield "polar.num_rays", (f"{polar.num_rays} is odd, but horizontal flips (data.hflip_prob={data.hflip_prob}) "
+                                 "map ray k to ray N/2 - k: use an even count or data.hflip_prob=0")
+    if len(polar.regress_ranges) != levels:
+        yield "polar.regress_ranges", f"needs one (low, high) per level P3..P7 ({levels}), got {len(polar.regress_ranges)}"
+    else:
+        for i, (low, high) in enumerate(polar.regress_ranges):
+            if not low < high:
+                yield f"polar.regress_ranges[{i}]", f"low {low} must be below high {high}"
+        lows = [low for low, _ in polar.regress_ranges]
+        if lows != sorted(lows):
+            yield "polar.regress_ranges", f"must rise from P3 to P7 (coarser levels take larger objects), got {lows}"
+    if polar.center_sample_radius <= 0:
+        yield "polar.center_sample_radius", f"must be positive, got {polar.center_sample_radius}"
+    if polar.positives_per_chunk < 1:
+        yield "polar.positives_per_chunk", f"must be at least 1, got {polar.positives_per_chunk}"
+
+    if model.backbone == "tiny" and model.backbone_weights is not None:
+        yield "model.backbone_weights", "backbone 'tiny' has no pretrained weights: use null"
+    if model.backbone == "resnext101_64x4d" and model.backbone_weights == "imagenet":
+        yield "model.backbone_weights", ("keras.applications has no ImageNet ResNeXt: convert an original "
+                                         "checkpoint (polarmask-convert-original) or give a .weights.h5 file")
+    for key in ("num_classes", "fpn_channels", "head_channels", "group_norm_groups"):
+        if getattr(model, key) < 1:
+            yield f"model.{key}", f"must be at least 1, got {getattr(model, key)}"
+    if model.head_channels >= 1 and model.group_norm_groups >= 1 and model.head_channels % model.group_norm_groups:
+        yield "model.head_channels", (f"{model.head_channels} is not divisible by model.group_norm_groups="
+                                      f"{model.group_norm_groups} (GroupNorm splits the channels evenly)")
+    if model.head_convs < 0:
+        yield "model.head_convs", f"must be 0 or more, got {model.head_convs}"
+    if not 0 < model.prior_prob < 1:
+        yield "model.prior_prob", f"must lie in (0, 1), got {model.prior_prob}"
+
+    if min(data.image_size) < 1:
+        yield "data.image_size", f"needs positive (height, width), got {list(data.image_size)}"
+    if data.size_divisor < 128 or data.size_divisor % 128:
+        yield "data.size_divisor", (f"must be a multiple of 128 (the P7 stride: every level must be exactly "
+                                    f"H/s x W/s), got {data.size_divisor}")
+    if data.scale_range is not None and not 0 < data.scale_range[0] <= data.scale_range[1]:
+        yield "data.scale_range", f"needs 0 < low <= high, got {list(data.scale_range)}"
+    if not 0 <= data.hflip_prob <= 1:
+        yield "data.hflip_prob", f"must lie in [0, 1], got {data.hflip_prob}"
+    for key, least in (("max_instances", 1), ("max_vertices", 3), ("batch_size", 1), ("shuffle_buffer", 1)):
+        if getattr(data, key) < least:
+            yield f"data.{key}", f"must be at least {least}, got {getattr(data, key)}"
+
+    for key, least in (("total_steps", 0), ("warmup_steps", 0), ("checkpoint_every", 1), ("keep_checkpoints", 1),
+                       ("eval_every", 0), ("log_every", 1)):
+        if getattr(train, key) < least:
+            yield f"train.{key}", f"must be at least {least}, got {getattr(train, key)}"
+    if train.base_learning_rate <= 0:
+        yield "train.base_learning_rate", f"must be positive, got {train.base_learning_rate}"
+    if not 0 < train.warmup_factor <= 1:
+        yield "train.warmup_factor", f"must lie in (0, 1], got {train.warmup_factor}"
+    if list(train.decay_steps) != sorted(set(train.decay_steps)) or any(step < 1 for step in train.decay_steps):
+        yield "train.decay_steps", f"must be positive and strictly increasing, got {list(train.decay_steps)}"
+    if not 0 < train.decay_factor <= 1:
+        yield "train.decay_factor", f"must lie in (0, 1], got {train.decay_factor}"
+    if not 0 <= train.momentum < 1:
+        yield "train.momentum", f"must lie in [0, 1), got {train.momentum}"
+    for key in ("weight_decay", "clip_norm"):
+        if getattr(train, key) < 0:
+            yield f"train.{key}", f"must be 0 or more, got {getattr(train, key)}"
+    if train.eval_every and not (train.eval_annotations and train.eval_images_dir):
+        yield "train.eval_every", "needs train.eval_annotations and train.eval_images_dir"
+    if train.eval_max_images is not None and train.eval_max_images < 1:
+        yield "train.eval_max_images", f"must be at least 1 (or null), got {train.eval_max_images}"
+
+    for key in ("pre_nms_top_k", "max_candidates", "max_detections"):
+        if getattr(post, key) < 1:
+            yield f"postprocess.{key}", f"must be at least 1, got {getattr(post, key)}"
+    if not 0 <= post.score_threshold <= 1:
+        yield "postprocess.score_threshold", f"must lie in [0, 1], got {post.score_threshold}"
+    if not 0 < post.nms_iou_threshold <= 1:
+        yield "postprocess.nms_iou_threshold", f"must lie in (0, 1], got {post.nms_iou_threshold}"
+    if post.centerness_offset < 0:
+        yield "postprocess.centerness_offset", f"must be 0 or more, got {post.centerness_offset}"
+
+    synthetic = config.synthetic
+    if synthetic.num_images < 1:
+        yield "synthetic.num_images", f"must be at least 1, got {synthetic.num_images}"
+    if not 0 <= synthetic.val_fraction < 1:
+        yield "synthetic.val_fraction", f"must lie in [0, 1), got {synthetic.val_fraction}"
+    if not 64 <= synthetic.min_size <= synthetic.max_size:
+        yield "synthetic.min_size", f"needs 64 <= min_size <= max_size, got {synthetic.min_size}, {synthetic.max_size}"
+
+
+def validate(config):
+    """Raises ConfigError listing every key (dotted) whose value the model or the pipeline cannot
+    honour, with the reason."""
+    problems = [f"{key}: {reason}" for key, reason in _problems(config)]
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def to_dict(config):
@@ -308,7 +433,10 @@ def load_config(path=None, overrides=(), cls=Config):
         config = from_dict(data, cls)
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from error
-    return apply_overrides(config, overrides)
+    try:
+        return apply_overrides(config, overrides)
+    except ConfigError as error:
+        raise ConfigError(f"{path} with overrides {list(overrides)}: {error}" if path else str(error)) from error
 
 
 def dump_config(config, path=None):

@@ -13,7 +13,7 @@ import os
 import tensorflow as tf
 
 from polarmask_tf import config as cfg, postprocess as postprocess_lib
-from polarmask_tf.data import pipeline
+from polarmask_tf.modeling import preprocessing
 from polarmask_tf.modeling.model import build_model
 
 
@@ -36,7 +36,7 @@ def find_checkpoint(path):
 
 LABELS_FILE = "labels.json"
 """The model dir's label map (data.coco.write_label_map): training copies the one beside its shards,
-tools.convert_original writes COCO's; predict, evaluate and export read it when no --label-map is given."""
+conversion.convert writes COCO's; predict, evaluate and export read it when no --label-map is given."""
 
 
 def beside_checkpoint(checkpoint, name):
@@ -91,7 +91,7 @@ class Predictor:
         self.config = config
         self.model = model
         self.batch_size = batch_size
-        padded = pipeline.padded_image_shape(config.data)
+        padded = preprocessing.padded_image_shape(config.data)
 
         @tf.function(reduce_retracing=True)
         def run(inputs, resized_size, scale):
@@ -100,7 +100,7 @@ class Predictor:
 
         @tf.function(reduce_retracing=True)
         def preprocess(image):
-            return pipeline.preprocess_image(image, config)
+            return preprocessing.preprocess_image(image, config)
 
         self._run = run
         self._preprocess = preprocess

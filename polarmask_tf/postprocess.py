@@ -43,13 +43,13 @@ import numpy as np
 import tensorflow as tf
 
 from polarmask_tf import geometry
-from polarmask_tf.data import targets
+from polarmask_tf.modeling import pyramid
 
 NMS_TILE_SIZE = 256
 """Candidates are suppressed tile by tile, so NMS needs O(tile x candidates) memory, not candidates^2."""
 
-OUTPUT_KEYS = ("num_detections", "boxes", "scores", "classes", "polygons", "num_candidates")
-"""The keys of `postprocess`'s result."""
+PADDED_CLASS = -1
+"""The class of padding slots (index >= num_detections) in every detection output of this project."""
 
 
 def scoring(cls_logits, centerness_logits, centerness_offset=0.5):
@@ -201,6 +201,90 @@ def _gather(values, indices):
     return tf.gather(values, indices, batch_dims=1)
 
 
+def top_locations(rank, padded_shape, pre_nms_top_k):
+    """Stage 1: per level, the `pre_nms_top_k` locations with the largest rank (all of a level that
+    has no more). rank: float32 [B, P] (`scoring`). Returns location indices int32 [B, L], levels
+    in P3 -> P7 order."""
+    batch = tf.shape(rank)[0]
+    kept, start = [], 0
+    for rows, cols in pyramid.level_shapes(*padded_shape):
+        count = rows * cols
+        if count > pre_nms_top_k:
+            kept.append(tf.math.top_k(rank[:, start : start + count], k=pre_nms_top_k).indices + start)
+        else:
+            kept.append(tf.broadcast_to(tf.range(start, start + count), [batch, count]))
+        start += count
+    return tf.concat(kept, axis=1)
+
+
+def top_candidates(probs, scores, location, score_threshold, max_candidates):
+    """Stage 2: the (location, class) pairs of the kept locations whose class probability exceeds
+    `score_threshold`, the `max_candidates` highest-scoring first (a static count M).
+
+    probs, scores: float32 [B, P, C] (`scoring`); location: int32 [B, L] (`top_locations`).
+    Returns a dict: scores float32 [B, M] (descending, -inf for padding), valid bool [B, M],
+    location int32 [B, M], class_index int32 [B, M] (label - 1), num_candidates int32 [B] (pairs
+    above the threshold before the cap).
+    """
+    batch, num_classes = tf.shape(probs)[0], probs.shape[-1]
+    num_pairs = location.shape[1] * num_classes
+    passed = tf.reshape(_gather(probs, location) > score_threshold, [batch, num_pairs])
+    pair_scores = tf.where(passed, tf.reshape(_gather(scores, location), [batch, num_pairs]), -np.inf)
+    candidate_scores, pair = tf.math.top_k(pair_scores, k=min(max_candidates, num_pairs))
+    return {
+        "scores": candidate_scores,
+        "valid": _gather(passed, pair),
+        "location": _gather(location, pair // num_classes),
+        "class_index": pair % num_classes,
+        "num_candidates": tf.reduce_sum(tf.cast(passed, tf.int32), axis=1),
+    }
+
+
+def box_branch_boxes(points, box_sides, location):
+    """Boxes (x - l, y - t, x + r, y + b) float32 [B, M, 4] of the locations int32 [B, M], in the
+    network input's pixels. points: float32 [P, 2]; box_sides: float32 [B, P, 4] (l, t, r, b)."""
+    centres = tf.gather(points, location)
+    sides = _gather(box_sides, location)
+    return tf.concat([centres - sides[..., :2], centres + sides[..., 2:]], axis=-1)
+
+
+def polygon_extent(polygons):
+    """Boxes float32 [..., 4] (x1, y1, x2, y2) around polygons float32 [..., N, 2]."""
+    return tf.concat([tf.reduce_min(polygons, axis=-2), tf.reduce_max(polygons, axis=-2)], axis=-1)
+
+
+def select_detections(keep, candidates, boxes, max_detections):
+    """Stage 5: the first `max_detections` (K) survivors of NMS in candidate order, i.e. by
+    descending score, padded: slots at index >= num_detections hold score 0, class PADDED_CLASS and
+    candidate index -1. keep: bool [B, M]; candidates: `top_candidates`' dict; boxes: float32 [B, M, 4].
+
+    Returns num_detections int32 [B], index int32 [B, K] (into the candidates), boxes float32
+    [B, K, 4], scores float32 [B, K], classes int32 [B, K] (labels 1..C).
+    """
+    slots = keep.shape[1]
+    k = min(max_detections, slots)
+    position = tf.range(slots, dtype=tf.float32)[None, :]
+    _, pick = tf.math.top_k(tf.where(keep, -position, -np.inf), k=k)
+    num_detections = tf.minimum(tf.reduce_sum(tf.cast(keep, tf.int32), axis=1), k)
+    filled = tf.range(k)[None, :] < num_detections[:, None]
+    missing = max_detections - k  # fewer candidate slots than K
+
+    def padded(values, fill):
+        mask = filled
+        for _ in range(values.shape.rank - 2):
+            mask = mask[..., None]
+        values = tf.where(mask, values, fill)
+        return tf.pad(values, [[0, 0], [0, missing]] + [[0, 0]] * (values.shape.rank - 2), constant_values=fill)
+
+    return {
+        "num_detections": num_detections,
+        "index": padded(pick, -1),
+        "boxes": padded(_gather(boxes, pick), 0.0),
+        "scores": padded(_gather(candidates["scores"], pick), 0.0),
+        "classes": padded(_gather(candidates["class_index"], pick) + 1, PADDED_CLASS),
+    }
+
+
 def postprocess(outputs, resized_size, scale, padded_shape, polar_config, postprocess_config):
     """Detections from the model's dense outputs, K = postprocess_config.max_detections per image.
 
@@ -208,13 +292,16 @@ def postprocess(outputs, resized_size, scale, padded_shape, polar_config, postpr
       "centerness" [B, P] (logits), "boxes" [B, P, 4] (l, t, r, b, input pixels), "rays" [B, P, N]
       (input pixels, this project's ray order), P the locations of `padded_shape`.
     resized_size: int32 [B, 2], (h, w) of the unpadded image inside the padded input.
-    scale: float32 [B, 2], (sy, sx) = resized / original size (data.pipeline).
+    scale: float32 [B, 2], (sy, sx) = resized / original size (modeling.preprocessing).
     padded_shape: static (Hp, Wp) of the network input, pixels.
-    polar_config: config.PolarConfig (strides and location grid). postprocess_config:
-      config.PostprocessConfig.
+    polar_config: config.PolarConfig (the location grid). postprocess_config: config.PostprocessConfig.
 
-    Returns a dict; entries at index >= num_detections are padding with score 0, class 0 and all-zero
-    boxes and polygons:
+    Stages: scoring -> top_locations -> top_candidates -> boxes (box_branch_boxes or the polygons'
+    extent), mapped to original pixels -> class_aware_nms -> select_detections -> polygons of the
+    detections (decoded from their rays only, unless they were needed for the boxes).
+
+    Returns a dict; entries at index >= num_detections are padding with score 0, class
+    PADDED_CLASS (-1) and all-zero boxes and polygons:
       num_detections int32 [B];
       boxes    float32 [B, K, 4]     x1, y1, x2, y2, original-image pixels (pixel centres at integers);
       scores   float32 [B, K]        descending;
@@ -226,89 +313,44 @@ def postprocess(outputs, resized_size, scale, padded_shape, polar_config, postpr
     cfg = postprocess_config
     if cfg.box_source not in ("box_branch", "polygon"):
         raise ValueError(f"unknown box_source {cfg.box_source!r}: use 'box_branch' or 'polygon'")
-    height, width = (int(side) for side in padded_shape)
+    padded_shape = tuple(int(side) for side in padded_shape)
     cls_logits = tf.convert_to_tensor(outputs["cls_logits"], tf.float32)
-    box_sides = tf.convert_to_tensor(outputs["boxes"], tf.float32)
     rays = tf.convert_to_tensor(outputs["rays"], tf.float32)
     resized_size = tf.convert_to_tensor(resized_size, tf.int32)
     scale = tf.convert_to_tensor(scale, tf.float32)
-    num_classes = cls_logits.shape[-1]
-    points, _ = targets.fpn_points(height, width, polar_config.strides, polar_config.grid)
+    points = pyramid.locations(*padded_shape, polar_config.grid)[0]
     if cls_logits.shape[1] is not None and cls_logits.shape[1] != len(points):
-        raise ValueError(
-            f"outputs have {cls_logits.shape[1]} locations but a {height} x {width} input with strides "
-            f"{list(polar_config.strides)} has {len(points)}"
-        )
+        raise ValueError(f"outputs have {cls_logits.shape[1]} locations but a {padded_shape[0]} x {padded_shape[1]} "
+                         f"input has {len(points)}")
     points = tf.constant(points)
-    batch = tf.shape(cls_logits)[0]
+
+    def polygons_at(location):
+        """Decoded polygons float32 [B, n, N, 2] of locations int32 [B, n], original pixels."""
+        polygons = geometry.rays_to_polygon(tf.gather(points, location), _gather(rays, location))
+        return _to_original(polygons, resized_size, scale, cfg.rescale)
+
     probs, rank, scores = scoring(cls_logits, outputs["centerness"], cfg.centerness_offset)
-
-    kept = []
-    start = 0
-    for rows, cols in targets.level_shapes(height, width, polar_config.strides):
-        count = rows * cols
-        if count > cfg.pre_nms_top_k:
-            kept.append(tf.math.top_k(rank[:, start : start + count], k=cfg.pre_nms_top_k).indices + start)
-        else:
-            kept.append(tf.broadcast_to(tf.range(start, start + count), [batch, count]))
-        start += count
-    location = tf.concat(kept, axis=1)  # [B, L]
-    num_pairs = location.shape[1] * num_classes
-
-    passed = tf.reshape(_gather(probs, location) > cfg.score_threshold, [batch, num_pairs])
-    pair_scores = tf.where(passed, tf.reshape(_gather(scores, location), [batch, num_pairs]), -np.inf)
-    slots = min(cfg.max_candidates, num_pairs)  # M, the static candidate count
-    candidate_scores, pair = tf.math.top_k(pair_scores, k=slots)  # descending: the greedy order
-    valid = _gather(passed, pair)
-    candidate_location = _gather(location, pair // num_classes)
-    candidate_class = pair % num_classes
-    candidate_points = tf.gather(points, candidate_location)  # [B, M, 2]
-
+    candidates = top_candidates(probs, scores, top_locations(rank, padded_shape, cfg.pre_nms_top_k),
+                                cfg.score_threshold, cfg.max_candidates)
+    candidate_polygons = None
     if cfg.box_source == "box_branch":
-        sides = _gather(box_sides, candidate_location)
-        corners = tf.stack([candidate_points - sides[..., :2], candidate_points + sides[..., 2:]], axis=-2)
-        boxes = tf.reshape(_to_original(corners, resized_size, scale, cfg.rescale), [batch, slots, 4])
+        slots = candidates["scores"].shape[1]
+        boxes = box_branch_boxes(points, tf.convert_to_tensor(outputs["boxes"], tf.float32), candidates["location"])
+        corners = _to_original(tf.reshape(boxes, [-1, slots, 2, 2]), resized_size, scale, cfg.rescale)
+        boxes = tf.reshape(corners, [-1, slots, 4])
     else:
-        candidate_polygons = _to_original(
-            geometry.rays_to_polygon(candidate_points, _gather(rays, candidate_location)),
-            resized_size, scale, cfg.rescale,
-        )
-        boxes = tf.concat(
-            [tf.reduce_min(candidate_polygons, axis=-2), tf.reduce_max(candidate_polygons, axis=-2)], axis=-1
-        )
+        candidate_polygons = polygons_at(candidates["location"])
+        boxes = polygon_extent(candidate_polygons)
+    keep = class_aware_nms(boxes, candidates["class_index"], candidates["valid"], cfg.nms_iou_threshold,
+                           cfg.nms_rule, cfg.nms_plus_one)
+    detections = select_detections(keep, candidates, boxes, cfg.max_detections)
 
-    keep = class_aware_nms(
-        boxes, candidate_class, valid, cfg.nms_iou_threshold, cfg.nms_rule, cfg.nms_plus_one
-    )
-
-    # The first K survivors in candidate order, i.e. by descending score.
-    k = min(cfg.max_detections, slots)
-    position = tf.range(slots, dtype=tf.float32)[None, :]
-    _, pick = tf.math.top_k(tf.where(keep, -position, -np.inf), k=k)
-    num_detections = tf.minimum(tf.reduce_sum(tf.cast(keep, tf.int32), axis=1), k)
-    filled = tf.range(k)[None, :] < num_detections[:, None]
-
-    if cfg.box_source == "box_branch":
-        picked_location = _gather(candidate_location, pick)
-        polygons = _to_original(
-            geometry.rays_to_polygon(tf.gather(points, picked_location), _gather(rays, picked_location)),
-            resized_size, scale, cfg.rescale,
-        )
+    index = detections.pop("index")
+    safe = tf.maximum(index, 0)
+    if candidate_polygons is None:
+        polygons = polygons_at(_gather(candidates["location"], safe))
     else:
-        polygons = _gather(candidate_polygons, pick)
-
-    detections = {
-        "boxes": tf.where(filled[..., None], _gather(boxes, pick), 0.0),
-        "scores": tf.where(filled, _gather(candidate_scores, pick), 0.0),
-        "classes": tf.where(filled, _gather(candidate_class, pick) + 1, 0),
-        "polygons": tf.where(filled[..., None, None], polygons, 0.0),
-    }
-    missing = cfg.max_detections - k  # fewer candidate slots than K
-    if missing:
-        detections = {
-            key: tf.pad(value, [[0, 0], [0, missing]] + [[0, 0]] * (value.shape.rank - 2))
-            for key, value in detections.items()
-        }
-    detections["num_detections"] = num_detections
-    detections["num_candidates"] = tf.reduce_sum(tf.cast(passed, tf.int32), axis=1)
+        polygons = _gather(candidate_polygons, safe)
+    detections["polygons"] = tf.where((index >= 0)[..., None, None], polygons, 0.0)
+    detections["num_candidates"] = candidates["num_candidates"]
     return detections

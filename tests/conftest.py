@@ -61,12 +61,12 @@ def synthetic_train_records(root, num_images, seed, min_size, max_size, num_shar
     """A synthetic dataset under ROOT/synthetic (all train) as TFRecord shards ROOT/records/train-*;
     returns ROOT/records."""
     from polarmask_tf.data import synthetic
-    from polarmask_tf.tools import create_tfrecords
+    from polarmask_tf.data import records_writer
 
     synthetic.generate_dataset(root / "synthetic", num_images=num_images, seed=seed, val_fraction=0.0,
                                min_size=min_size, max_size=max_size)
     with open(os.devnull, "w") as quiet:
-        create_tfrecords.convert(
+        records_writer.convert(
             str(root / "synthetic" / "annotations" / "instances_train.json"), str(root / "synthetic" / "train"),
             str(root / "records" / "train"), num_shards=num_shards, progress_stream=quiet,
         )

@@ -22,8 +22,10 @@ import tensorflow as tf  # noqa: E402
 from conftest import SHARED_DIR, synthetic_train_records  # noqa: E402
 from polarmask_tf import config as cfg, inference  # noqa: E402
 from polarmask_tf.conversion import ConversionError, layout, settings  # noqa: E402
-from polarmask_tf.data import pipeline, synthetic  # noqa: E402
-from polarmask_tf.tools import convert_original  # noqa: E402
+from polarmask_tf.data import synthetic  # noqa: E402
+from polarmask_tf.modeling import preprocessing  # noqa: E402
+from polarmask_tf.cli import convert_original as convert_command  # noqa: E402
+from polarmask_tf.conversion import convert as convert_original  # noqa: E402
 from polarmask_tf.training import loop  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -83,7 +85,7 @@ def _assert_dense_parity(model, net, inputs, prefix):
 
 def _assert_detections_agree(config, model, net, image, prefix):
     """Post-processing of both sides on a real image: same count, boxes within 0.01 px."""
-    inputs, size, scale = pipeline.preprocess_image(tf.constant(image), config)
+    inputs, size, scale = preprocessing.preprocess_image(tf.constant(image), config)
     theirs = original_torch.original_detections(
         original_torch.dense_outputs(net, inputs.numpy()[None]), tuple(size.numpy()), tuple(scale.numpy()), prefix
     )
@@ -138,7 +140,7 @@ def test_layout_counts_match_the_facts_document(backbone, keys, parameters):
 
 def test_r50_dense_outputs_match_pytorch_on_a_real_image(r50, image):
     net, _, config, model, report = r50
-    inputs = pipeline.preprocess_image(tf.constant(image), config)[0].numpy()[None]
+    inputs = preprocessing.preprocess_image(tf.constant(image), config)[0].numpy()[None]
     assert inputs.shape == (1, 256, 384, 3)
     _assert_dense_parity(model, net, inputs, "fcos")
     assert report["ray_order"] == "old" and report["backbone"] == "resnet50"
@@ -190,7 +192,7 @@ def test_zip_format_with_polar_naming_and_module_prefix_converts_with_the_head_o
     model = inference.load_model(config, str(tmp_path / "model"))
     polar_net = original_torch.OriginalPolarMask("resnet50", "polar").eval()
     polar_net.load_state_dict({k[len("module."):].replace("fcos_", "polar_"): v for k, v in state.items()})
-    inputs = pipeline.preprocess_image(tf.constant(image), config)[0].numpy()[None]
+    inputs = preprocessing.preprocess_image(tf.constant(image), config)[0].numpy()[None]
     _assert_dense_parity(model, polar_net, inputs, "polar")
 
 
@@ -206,7 +208,7 @@ def test_resnext101_64x4d_matches_pytorch_at_a_small_input(tmp_path, image):
     model = inference.load_model(config, str(tmp_path / "model"))
     statistics = sum(int(np.prod(v.shape)) for v in model.weights if "moving_" in v.path)
     assert model.count_params() == 92_637_891 + statistics  # no conv biases in the ResNeXt
-    inputs = pipeline.preprocess_image(tf.constant(image), config)[0].numpy()[None]
+    inputs = preprocessing.preprocess_image(tf.constant(image), config)[0].numpy()[None]
     _assert_dense_parity(model, net, inputs, "fcos")
     _assert_detections_agree(config, model, net, image, "fcos")
 
@@ -346,7 +348,7 @@ def test_command_line_refuses_a_non_empty_output_dir_and_reports_success(r50, tm
     out, err = io.StringIO(), io.StringIO()
     sys_stderr, sys.stderr = sys.stderr, err
     try:
-        assert convert_original.main(["--checkpoint", str(root / "polar_768_1x_r50.pth"), "--output-dir", str(busy)],
+        assert convert_command.main(["--pth", str(root / "polar_768_1x_r50.pth"), "--model-dir", str(busy)],
                                      stream=out) == 2
     finally:
         sys.stderr = sys_stderr
@@ -356,8 +358,8 @@ def test_command_line_refuses_a_non_empty_output_dir_and_reports_success(r50, tm
 def test_export_of_a_converted_model_reproduces_its_detections(r50, image, tmp_path):
     _, root, config, model, _ = r50
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    ran = subprocess.run([sys.executable, os.path.join(ROOT, "export_saved_model.py"), "--checkpoint",
-                          str(root / "model"), "--export_dir", str(tmp_path / "export")],
+    ran = subprocess.run([os.path.join(os.path.dirname(sys.executable), "polarmask-export"), "--model-dir",
+                          str(root / "model"), "--export-dir", str(tmp_path / "export")],
                          capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
     assert ran.returncode == 0, ran.stderr
     assert "person, bicycle" in ran.stdout

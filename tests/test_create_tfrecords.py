@@ -12,7 +12,8 @@ import tensorflow as tf
 
 from conftest import shared_path
 from polarmask_tf.data import coco, synthetic, tfrecord
-from polarmask_tf.tools import create_tfrecords
+from polarmask_tf.cli import create_tfrecords as create_command
+from polarmask_tf.data import records_writer
 
 try:
     from PIL import Image
@@ -87,7 +88,7 @@ def _check_round_trip(data, records, min_area=coco.DEFAULT_MIN_AREA):
 def _convert(tmp_path, annotations, images_dir, name="train", num_shards=2, **kwargs):
     prefix = str(tmp_path / "out" / name)
     kwargs.setdefault("num_workers", 0)
-    report = create_tfrecords.convert(
+    report = records_writer.convert(
         str(annotations), str(images_dir), prefix, num_shards, progress_stream=io.StringIO(), **kwargs
     )
     return prefix, report
@@ -153,8 +154,8 @@ def test_worker_processes_write_the_same_shards_as_the_main_process(synthetic_da
     _, in_process = _convert(tmp_path, annotations, synthetic_data / "train", name="main", num_shards=3)
     prefix = str(tmp_path / "out" / "pool")
     argv = ["--annotations", str(annotations), "--images-dir", str(synthetic_data / "train"), "--output-prefix", prefix]
-    assert create_tfrecords.main(argv + ["--num-shards", "3", "--num-workers", "2"]) == 0
-    pooled = create_tfrecords.shard_paths(prefix, 3)
+    assert create_command.main(argv + ["--num-shards", "3", "--num-workers", "2"]) == 0
+    pooled = records_writer.shard_paths(prefix, 3)
     # Compared parsed: Example bytes order the feature map by string hash, which varies by process.
     for a, b in zip(in_process["shards"], pooled):
         records_a, records_b = _read_shards([a]), _read_shards([b])
@@ -332,7 +333,7 @@ def test_report_accounts_for_every_image_and_annotation(bad):
 
 def test_shards_hold_every_written_image_once_assigned_by_sorted_id(bad):
     report = bad["report"]
-    assert report["shards"] == create_tfrecords.shard_paths(report["output_prefix"], 3)
+    assert report["shards"] == records_writer.shard_paths(report["output_prefix"], 3)
     assert report["shards"][1].endswith("train-00001-of-00003.tfrecord")
     all_ids = sorted(image["id"] for image in json.loads((bad["root"] / "instances.json").read_text())["images"])
     seen = []
@@ -374,10 +375,10 @@ def test_a_json_that_is_not_coco_exits_2_naming_the_file(tmp_path, capsys):
     path = tmp_path / "labels.json"
     path.write_text('{"labels": []}')
     argv = ["--annotations", str(path), "--images-dir", str(tmp_path), "--output-prefix", str(tmp_path / "out" / "x")]
-    assert create_tfrecords.main(argv) == 2
+    assert create_command.main(argv) == 2
     err = capsys.readouterr().err
     assert str(path) in err and "'images'" in err
-    assert create_tfrecords.main(["--annotations", str(tmp_path / "absent.json")] + argv[2:]) == 2
+    assert create_command.main(["--annotations", str(tmp_path / "absent.json")] + argv[2:]) == 2
     assert "absent.json" in capsys.readouterr().err
     assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
 
@@ -386,7 +387,7 @@ def test_no_record_written_exits_1_without_shards(synthetic_data, tmp_path, caps
     prefix = tmp_path / "out" / "train"
     argv = ["--annotations", str(synthetic_data / "annotations" / "instances_train.json"), "--images-dir",
             str(tmp_path / "nowhere"), "--output-prefix", str(prefix), "--num-shards", "2"]
-    assert create_tfrecords.main(argv) == 1
+    assert create_command.main(argv) == 1
     assert sorted(os.listdir(tmp_path / "out")) == ["train-report.json"]
     assert "missing_image: 6" in capsys.readouterr().out
 
@@ -397,7 +398,7 @@ def test_a_given_label_map_is_reused_and_other_categories_are_skipped(synthetic_
     kept = [c for c in data["categories"] if c["id"] in (2, 5)]
     path = tmp_path / "labels.json"
     coco.write_label_map(coco.LabelMap.from_coco_categories(kept), str(path))
-    report = create_tfrecords.convert(
+    report = records_writer.convert(
         str(annotations), str(synthetic_data / "train"), str(tmp_path / "out" / "x"), 1,
         progress_stream=io.StringIO(), label_map_path=str(path),
     )

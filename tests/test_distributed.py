@@ -53,8 +53,8 @@ def _free_ports(count):
 def _worker_commands(records, model_dir, scratch, *extra, workers=2):
     hosts = ",".join(f"127.0.0.1:{port}" for port in _free_ports(workers))
     return [
-        [sys.executable, os.path.join(ROOT, "train_main.py"), f"--config={CONFIG}", f"--model_dir={model_dir}",
-         "--strategy=multi_worker", f"--worker_hosts={hosts}", f"--task_index={index}", f"--scratch_dir={scratch}"]
+        [sys.executable, os.path.join(ROOT, "train_main.py"), f"--config={CONFIG}", f"--model-dir={model_dir}",
+         "--strategy=multi_worker", f"--worker-hosts={hosts}", f"--task-index={index}", f"--scratch-dir={scratch}"]
         + [f"--set={o}" for o in overrides(records, *extra)]
         for index in range(workers)
     ]

@@ -11,7 +11,7 @@ from pycocotools import mask as coco_mask
 from conftest import shared_path
 from polarmask_tf import evaluation, geometry
 from polarmask_tf.data import coco, synthetic
-from polarmask_tf.tools import upper_bound
+from polarmask_tf import upper_bound
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,7 @@ import pytest
 import tensorflow as tf
 
 from polarmask_tf import config as config_lib
-from polarmask_tf.data import targets
-from polarmask_tf.modeling import backbones, fpn, head, model as model_lib
+from polarmask_tf.modeling import backbones, fpn, head, model as model_lib, pyramid
 from conftest import shared_path
 
 MOBILENET_WEIGHTS = ("weights", "mobilenet_v2_1.0_imagenet", "mobilenet_v2_1.0_imagenet_no_top.weights.h5")
@@ -51,9 +50,9 @@ def per_level_outputs(model, images):
 def test_output_shapes_and_flattened_layout(tiny_model, height, width):
     images = random_images(2, height, width, seed=1)
     outputs = tiny_model(images)
-    shapes = targets.level_shapes(height, width, model_lib.STRIDES)
+    shapes = pyramid.level_shapes(height, width)
     num_points = sum(h * w for h, w in shapes)
-    assert num_points == model_lib.num_locations(height, width)
+    assert num_points == pyramid.num_locations(height, width)
     assert num_points == {(128, 128): 341, (256, 384): 2046}[(height, width)]
     assert outputs["cls_logits"].shape == (2, num_points, 3)
     assert outputs["centerness"].shape == (2, num_points)
@@ -243,13 +242,9 @@ def test_tiny_backbone_rejects_pretrained_weights(weights):
         backbones.build_backbone(config_lib.ModelConfig(backbone="tiny", backbone_weights=weights))
 
 
-def test_unknown_backbone_and_strides():
+def test_unknown_backbone():
     with pytest.raises(ValueError, match="unknown backbone"):
         backbones.build_backbone(config_lib.ModelConfig(backbone="vgg16"))
-    config = tiny_config()
-    config.polar.strides = (8, 16, 32, 64)
-    with pytest.raises(ValueError, match="polar.strides"):
-        model_lib.build_model(config)
 
 
 @pytest.mark.parametrize("height, width", [(192, 128), (128, 130)])
@@ -262,7 +257,7 @@ def test_input_size_not_multiple_of_128_is_rejected(tiny_model, height, width):
     dynamic = tf.function(tiny_model, input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
     with pytest.raises(tf.errors.InvalidArgumentError, match=f"multiples of 128.*\\[{height} {width}\\]"):
         dynamic(images)
-    assert dynamic(random_images(1, 256, 128))["rays"].shape == (1, model_lib.num_locations(256, 128), 36)
+    assert dynamic(random_images(1, 256, 128))["rays"].shape == (1, pyramid.num_locations(256, 128), 36)
 
 
 def _numpy_conv(x, kernel, bias, stride, pad):

@@ -9,8 +9,9 @@ import tensorflow as tf
 from conftest import shared_path
 from polarmask_tf import config as cfg
 from polarmask_tf import geometry
-from polarmask_tf.data import augment, pipeline, synthetic, targets, tfrecord
-from polarmask_tf.tools import create_tfrecords
+from polarmask_tf.data import augment, pipeline, synthetic, tfrecord
+from polarmask_tf.modeling import preprocessing, pyramid
+from polarmask_tf.data import records_writer
 
 DEVNULL = open(os.devnull, "w")
 
@@ -21,7 +22,7 @@ def shards(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
     synthetic.generate_dataset(root / "synthetic", num_images=10, seed=3, val_fraction=0.2)
     for split, count in (("train", 2), ("val", 1)):
-        create_tfrecords.convert(
+        records_writer.convert(
             str(root / "synthetic" / "annotations" / f"instances_{split}.json"),
             str(root / "synthetic" / split),
             str(root / "records" / split),
@@ -49,7 +50,7 @@ def test_training_batches_have_static_shapes_and_real_targets(shards):
     config = make_config(shards, "data.scale_range=[0.6, 1.0]", "data.photometric_jitter=true")
     dataset = pipeline.build_dataset(config, training=True)
     images_spec, targets_spec = dataset.element_spec
-    num_points = pipeline.num_locations(config)
+    num_points = pyramid.num_locations(*preprocessing.padded_image_shape(config.data))
     assert num_points == 32 * 32 + 16 * 16 + 8 * 8 + 4 * 4 + 2 * 2
     assert images_spec.shape == (2, 256, 256, 3) and images_spec.dtype == tf.float32
     expected = {"labels": (2, num_points), "rays": (2, num_points, 36), "boxes": (2, num_points, 4),
@@ -157,7 +158,7 @@ def test_flipped_image_gets_mirrored_targets(shards):
     (plain, original), (mirrored_image, flipped) = results[0.0], results[1.0]
     np.testing.assert_array_equal(original["image_id"], flipped["image_id"])
     np.testing.assert_allclose(mirrored_image[:, :, ::-1], plain, atol=1e-5)
-    points, levels = targets.fpn_points(256, 256, cfg.PolarConfig().strides)
+    points, levels = pyramid.locations(256, 256)
     lookup = {(float(p[0]), float(p[1]), int(l)): i for i, (p, l) in enumerate(zip(points, levels))}
     partner = np.array([lookup[(255.0 - float(p[0]), float(p[1]), int(l))] for p, l in zip(points, levels)])
     hflip = geometry.ray_index_map(36, "hflip")
@@ -177,18 +178,18 @@ def test_normalisation_rules():
         "tf": [1.0, -1.0, 10 / 127.5 - 1],
     }
     for rule, expected in rules.items():
-        np.testing.assert_allclose(pipeline.normalize_image(pixel, rule), [[expected]], rtol=1e-6, atol=1e-5)
+        np.testing.assert_allclose(preprocessing.normalize_image(pixel, rule), [[expected]], rtol=1e-6, atol=1e-5)
     with pytest.raises(ValueError, match="unknown input normalisation 'vgg'"):
-        pipeline.normalize_image(pixel, "vgg")
+        preprocessing.normalize_image(pixel, "vgg")
 
 
 @pytest.mark.parametrize("backbone, rule", [
     ("resnet50", "caffe"), ("resnet101", "caffe"), ("resnext101_64x4d", "torch"), ("mobilenet_v2", "tf"), ("tiny", "tf"),
 ])
 def test_auto_normalisation_follows_the_backbone_and_an_explicit_rule_wins(backbone, rule):
-    assert pipeline.input_normalization(cfg.load_config(None, [f"model.backbone={backbone}"])) == rule
+    assert preprocessing.input_normalization(cfg.load_config(None, [f"model.backbone={backbone}"])) == rule
     explicit = cfg.load_config(None, [f"model.backbone={backbone}", "data.normalization=caffe_detectron"])
-    assert pipeline.input_normalization(explicit) == "caffe_detectron"
+    assert preprocessing.input_normalization(explicit) == "caffe_detectron"
 
 
 def test_missing_shards_name_the_pattern(tmp_path):
@@ -221,7 +222,7 @@ def train_pool(tmp_path_factory):
     """The train pool of DESIGN.md (three COCO train2017 subsets) as TFRecords."""
     records = tmp_path_factory.mktemp("train_pool")
     for name, annotations, images in TRAIN_POOL:
-        create_tfrecords.convert(
+        records_writer.convert(
             str(shared_path("data", *annotations)), str(shared_path("data", *images)),
             str(records / f"{name}-train"), num_shards=2, skip_empty=True, progress_stream=DEVNULL,
         )

@@ -9,17 +9,23 @@ import tensorflow as tf
 from polarmask_tf import config as cfg
 from polarmask_tf import geometry
 from polarmask_tf import postprocess as pp
-from polarmask_tf.data import targets
+from polarmask_tf.modeling import pyramid
 
-TV12_POLAR = cfg.PolarConfig(strides=(8, 16), grid="original")
+TV12_POLAR = cfg.PolarConfig(grid="original")
 TV12_ORIGINAL_RULES = cfg.PostprocessConfig(nms_plus_one=True, nms_rule="greater_equal", rescale="original")
 TV12_RESIZED = np.array([[32, 32]], np.int32)
 TV12_SCALE = np.array([[32 / 48, 32 / 64]], np.float32)  # (sy, sx): 64 (w) x 48 (h) resized to 32 x 32
 
 
+NUM_POINTS = 21
+"""Locations of a 32 x 32 input: P3 4 x 4, P4 2 x 2, P5 1 x 1 (P6 and P7 are empty)."""
+
+
 def tv12_outputs():
     """Spec TV12's synthetic head outputs (2 levels: stride 8 on 4 x 4, stride 16 on 2 x 2; C = 3),
-    rays built in the original's HEAD order and converted to ours."""
+    rays built in the original's HEAD order and converted to ours. Our pyramid also has P5 at
+    32 x 32: its one location gets class logits of -30 (probability 1e-13), so it is never a
+    candidate and TV12's numbers are unchanged."""
     cls, ctr, box, ray = [], [], [], []
     for li, cells in enumerate((4, 2)):
         for y in range(cells):
@@ -28,6 +34,10 @@ def tv12_outputs():
                 ctr.append(np.cos(x - y + li))
                 box.append([4 + x + li, 5 + y, 6 + x, 3 + y + li])
                 ray.append([5 + (k % 7) + x + y + li for k in range(36)])
+    cls.append([-30.0] * 3)
+    ctr.append(0.0)
+    box.append([1.0] * 4)
+    ray.append([1.0] * 36)
 
     def batch(values):
         return tf.constant(np.asarray(values, np.float32)[None])
@@ -67,7 +77,7 @@ def canonical(result, b):
 def assert_padding(result, max_detections):
     assert result["boxes"].shape[1:] == (max_detections, 4)
     for b, n in enumerate(result["num_detections"]):
-        assert np.all(result["scores"][b, n:] == 0) and np.all(result["classes"][b, n:] == 0)
+        assert np.all(result["scores"][b, n:] == 0) and np.all(result["classes"][b, n:] == pp.PADDED_CLASS)
         assert np.all(result["boxes"][b, n:] == 0) and np.all(result["polygons"][b, n:] == 0)
         assert np.all(result["scores"][b, :n] > 0) and np.all(result["classes"][b, :n] >= 1)
         assert np.all(np.diff(result["scores"][b, :n]) <= 0), "detections are sorted by score"
@@ -107,9 +117,9 @@ def test_tv9_scoring():
 
     # Through postprocess: the only location whose class passes the threshold.
     outputs = tv12_outputs()
-    cls = np.full((1, 20, 3), -20.0, np.float32)
+    cls = np.full((1, NUM_POINTS, 3), -20.0, np.float32)
     cls[0, 5, 1] = logit(0.6)
-    ctr = np.full((1, 20), logit(0.5), np.float32)
+    ctr = np.full((1, NUM_POINTS), logit(0.5), np.float32)
     outputs.update(cls_logits=tf.constant(cls), centerness=tf.constant(ctr))
     result = run(outputs, TV12_RESIZED, TV12_SCALE, (32, 32), TV12_POLAR, cfg.PostprocessConfig())
     assert result["num_detections"][0] == 1 and result["num_candidates"][0] == 1
@@ -132,9 +142,9 @@ def single_location_outputs(num_points, index, classes, sides, ray, num_classes=
 
 def test_exact_boxes_and_polygons_in_the_pixel_centre_frame():
     # Default grid: location (i=1, j=2) of stride 8 sits at (2*8 + 3.5, 8 + 3.5) = (19.5, 11.5).
-    outputs = single_location_outputs(20, 1 * 4 + 2, [1], [4.0, 3.0, 6.0, 5.0], 10.0)
+    outputs = single_location_outputs(NUM_POINTS, 1 * 4 + 2, [1], [4.0, 3.0, 6.0, 5.0], 10.0)
     scale = np.array([[0.5, 0.25]], np.float32)  # original 64 (h) x 128 (w) -> 32 x 32
-    result = run(outputs, [[32, 32]], scale, (32, 32), cfg.PolarConfig(strides=(8, 16)), cfg.PostprocessConfig())
+    result = run(outputs, [[32, 32]], scale, (32, 32), cfg.PolarConfig(), cfg.PostprocessConfig())
     assert result["num_detections"][0] == 1
 
     def back(x, s):
@@ -152,16 +162,16 @@ def test_exact_boxes_and_polygons_in_the_pixel_centre_frame():
     assert result["polygons"][0, 0, 27, 1] == pytest.approx(3.5, abs=1e-4)
 
     # box_source "polygon": the box is the clipped polygon's extent.
-    polygon_boxes = run(outputs, [[32, 32]], scale, (32, 32), cfg.PolarConfig(strides=(8, 16)),
+    polygon_boxes = run(outputs, [[32, 32]], scale, (32, 32), cfg.PolarConfig(),
                         cfg.PostprocessConfig(box_source="polygon"))
     np.testing.assert_allclose(polygon_boxes["boxes"][0, 0], [px.min(), py.min(), px.max(), py.max()], atol=1e-4)
 
 
 def test_clipping_to_the_image_in_both_rescale_modes():
     # A huge box and long rays at the last stride-8 location of a 32 x 32 input whose image is 24 x 16.
-    outputs = single_location_outputs(20, 15, [1], [100.0, 100.0, 100.0, 100.0], 100.0)
+    outputs = single_location_outputs(NUM_POINTS, 15, [1], [100.0, 100.0, 100.0, 100.0], 100.0)
     scale = np.array([[0.5, 0.5]], np.float32)  # original 48 (h) x 32 (w) -> 24 x 16
-    polar = cfg.PolarConfig(strides=(8, 16))
+    polar = cfg.PolarConfig()
     centres = run(outputs, [[24, 16]], scale, (32, 32), polar, cfg.PostprocessConfig())
     np.testing.assert_allclose(centres["boxes"][0, 0], [0, 0, 31, 47], atol=1e-4)
     assert centres["polygons"][0, 0, :, 0].max() == pytest.approx(31) and centres["polygons"].min() == 0
@@ -193,7 +203,7 @@ def test_plain_function_and_xla_agree():
     rng = np.random.default_rng(0)
     padded = (128, 128)
     polar = cfg.PolarConfig()  # P3..P7: 256 + 64 + 16 + 4 + 1 = 341 locations
-    points, _ = targets.fpn_points(128, 128, polar.strides)
+    points, _ = pyramid.locations(128, 128)
     outputs = {
         "cls_logits": tf.constant(rng.normal(-2.5, 1.5, (2, len(points), 5)), tf.float32),
         "centerness": tf.constant(rng.normal(0, 1, (2, len(points))), tf.float32),
@@ -218,16 +228,16 @@ def test_plain_function_and_xla_agree():
 
 def test_class_aware_nms_through_postprocess():
     # One location, two classes: identical boxes of different classes both survive.
-    outputs = single_location_outputs(20, 5, [1, 3], [4.0, 4.0, 4.0, 4.0], 5.0)
+    outputs = single_location_outputs(NUM_POINTS, 5, [1, 3], [4.0, 4.0, 4.0, 4.0], 5.0)
     result = run(outputs, TV12_RESIZED, [[1.0, 1.0]], (32, 32), TV12_POLAR, cfg.PostprocessConfig())
     assert result["num_detections"][0] == 2 and sorted(result["classes"][0, :2]) == [1, 3]
     np.testing.assert_array_equal(result["boxes"][0, 0], result["boxes"][0, 1])
     np.testing.assert_array_equal(result["polygons"][0, 0], result["polygons"][0, 1])
 
     # Two locations 8 px apart with boxes that coincide: of the same class only one survives.
-    cls = np.full((1, 20, 3), -20.0, np.float32)
+    cls = np.full((1, NUM_POINTS, 3), -20.0, np.float32)
     cls[0, [5, 6], 0] = [3.0, 2.0]
-    boxes = np.ones((1, 20, 4), np.float32)
+    boxes = np.ones((1, NUM_POINTS, 4), np.float32)
     boxes[0, 5] = [4, 4, 12, 4]
     boxes[0, 6] = [12, 4, 4, 4]
     outputs.update(cls_logits=tf.constant(cls), boxes=tf.constant(boxes))
@@ -317,3 +327,40 @@ def test_unknown_batch_size_in_a_serving_signature():
     result = serve(outputs, tf.constant(TV12_RESIZED), tf.constant(TV12_SCALE))
     assert result["polygons"].shape == (1, 100, 36, 2) and int(result["num_detections"][0]) == 36
     assert serve.get_concrete_function().structured_outputs["boxes"].shape.as_list() == [None, 100, 4]
+
+
+def test_stage_top_locations_keeps_the_best_per_level():
+    rng = np.random.default_rng(3)
+    rank = tf.constant(rng.uniform(size=(2, pyramid.num_locations(64, 64))), tf.float32)  # 64 + 16 + 4 + 1 + 0
+    location = pp.top_locations(rank, (64, 64), pre_nms_top_k=10).numpy()
+    assert location.shape == (2, 10 + 10 + 4 + 1)
+    for b in range(2):
+        p3 = np.sort(location[b, :10])
+        np.testing.assert_array_equal(p3, np.sort(np.argsort(-rank.numpy()[b, :64])[:10]))
+        assert set(location[b, 10:20]) <= set(range(64, 80)) and list(location[b, 20:]) == [80, 81, 82, 83, 84]
+
+
+def test_stage_top_candidates_thresholds_caps_and_counts():
+    probs = np.zeros((1, 4, 3), np.float32)
+    probs[0, 0] = [0.9, 0.06, 0.01]
+    probs[0, 2] = [0.5, 0.05, 0.7]  # exactly the threshold does not pass
+    scores = probs * 0.5
+    candidates = pp.top_candidates(tf.constant(probs), tf.constant(scores), tf.constant([[0, 1, 2, 3]]), 0.05, 3)
+    got = {k: v.numpy() for k, v in candidates.items()}
+    assert got["num_candidates"].tolist() == [4]  # 0.9, 0.06, 0.5, 0.7; the cap keeps 3
+    np.testing.assert_allclose(got["scores"][0], [0.45, 0.35, 0.25])
+    assert got["valid"][0].all() and got["location"][0].tolist() == [0, 2, 2]
+    assert got["class_index"][0].tolist() == [0, 2, 0]
+
+
+def test_stage_select_detections_pads_with_the_one_convention():
+    keep = tf.constant([[False, True, True, False]])
+    candidates = {"scores": tf.constant([[0.9, 0.8, 0.7, 0.6]]), "class_index": tf.constant([[0, 1, 2, 0]])}
+    boxes = tf.reshape(tf.range(16, dtype=tf.float32), [1, 4, 4])
+    got = {k: v.numpy() for k, v in pp.select_detections(keep, candidates, boxes, max_detections=6).items()}
+    assert got["num_detections"].tolist() == [2]
+    assert got["index"][0].tolist() == [1, 2, -1, -1, -1, -1]
+    assert got["classes"][0].tolist() == [2, 3] + [pp.PADDED_CLASS] * 4
+    np.testing.assert_allclose(got["scores"][0], [0.8, 0.7, 0, 0, 0, 0])
+    np.testing.assert_allclose(got["boxes"][0, :2], [[4, 5, 6, 7], [8, 9, 10, 11]])
+    assert not got["boxes"][0, 2:].any()

@@ -12,10 +12,12 @@ import pytest
 import tensorflow as tf
 
 from polarmask_tf import config as cfg
-from polarmask_tf import evaluate, evaluation, geometry, predict, visualize
-from polarmask_tf.data import coco, pipeline, synthetic, targets as targets_lib
+from polarmask_tf import evaluation, geometry, visualize
+from polarmask_tf.cli import evaluate, predict
+from polarmask_tf.data import coco, pipeline, synthetic
+from polarmask_tf.modeling import preprocessing, pyramid
 from polarmask_tf.modeling.model import build_model
-from polarmask_tf.tools import create_tfrecords
+from polarmask_tf.data import records_writer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["data.image_size=[128, 128]", "model.prior_prob=0.2", "postprocess.max_detections=20", "data.jit_targets=false"]
@@ -50,7 +52,7 @@ def test_predict_draws_readable_images_and_skips_the_rest(tiny_run, tmp_path, ca
     data = images[0].read_bytes()
     (inputs / "truncated.jpg").write_bytes(data[: len(data) // 2])
     out = tmp_path / "out"
-    status = predict.main(["--checkpoint", str(root / "run"), "--images", str(inputs), "--output-dir", str(out),
+    status = predict.main(["--model-dir", str(root / "run"), "--images", str(inputs), "--output-dir", str(out),
                            "--score-threshold", "0.1", "--draw-rays"])
     printed = capsys.readouterr().out
     assert status == 0
@@ -69,7 +71,7 @@ def test_predict_fails_when_no_file_is_an_image(tiny_run, tmp_path, capsys):
     root, _ = tiny_run
     (tmp_path / "a.txt").write_text("text")
     (tmp_path / "b.jpg").write_bytes(b"\xff\xd8\xff\xe0 broken")
-    status = predict.main(["--checkpoint", str(root / "run"), "--images", str(tmp_path / "*"),
+    status = predict.main(["--model-dir", str(root / "run"), "--images", str(tmp_path / "*"),
                            "--output-dir", str(tmp_path / "out")])
     assert status == 1
     assert "none of the 2 files is a readable image" in capsys.readouterr().err
@@ -79,7 +81,7 @@ def test_predict_fails_when_no_file_is_an_image(tiny_run, tmp_path, capsys):
 def test_show_targets_draws_tfrecord_examples(tiny_run, tmp_path, capsys):
     root, _ = tiny_run
     annotations, images_dir = _val(root)
-    create_tfrecords.convert(annotations, images_dir, str(tmp_path / "records" / "val"), num_shards=1,
+    records_writer.convert(annotations, images_dir, str(tmp_path / "records" / "val"), num_shards=1,
                              progress_stream=io.StringIO())
     status = predict.main(["--config", str(root / "run" / "config.yaml"), "--show-targets", "--max-images", "2",
                            "--images", str(tmp_path / "records" / "val-*.tfrecord"),
@@ -93,7 +95,7 @@ def test_evaluate_cli_end_to_end(tiny_run, tmp_path, capsys):
     root, _ = tiny_run
     annotations, images_dir = _val(root)
     out = tmp_path / "eval"
-    status = evaluate.main(["--checkpoint", str(root / "run"), "--annotations", annotations, "--images-dir", images_dir,
+    status = evaluate.main(["--model-dir", str(root / "run"), "--annotations", annotations, "--images-dir", images_dir,
                             "--output-dir", str(out)])
     printed = capsys.readouterr().out
     assert status == 0
@@ -112,7 +114,7 @@ def test_evaluate_cli_rejects_a_checkpoint_of_another_config(tiny_run, tmp_path)
     other = tmp_path / "other.yaml"
     cfg.dump_config(cfg.apply_overrides(config, ["model.head_channels=32"]), str(other))
     annotations, images_dir = _val(root)
-    command = [sys.executable, "-m", "polarmask_tf.evaluate", "--config", str(other), "--checkpoint", str(root / "run"),
+    command = [sys.executable, "-m", "polarmask_tf.cli.evaluate", "--config", str(other), "--model-dir", str(root / "run"),
                "--annotations", annotations, "--images-dir", images_dir]
     finished = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert finished.returncode == 2, finished.stderr[-2000:]
@@ -165,7 +167,7 @@ def test_draw_detections_fills_polygons_and_finds_ray_origins():
 def test_draw_targets_marks_positives_of_a_pipeline_element(tiny_run, tmp_path):
     root, config = tiny_run
     annotations, images_dir = _val(root)
-    create_tfrecords.convert(annotations, images_dir, str(tmp_path / "val"), num_shards=1,
+    records_writer.convert(annotations, images_dir, str(tmp_path / "val"), num_shards=1,
                              progress_stream=io.StringIO())
     records = tf.data.TFRecordDataset([str(tmp_path / "val-00000-of-00001.tfrecord")])
     element = tf.data.Dataset.zip((records, tf.data.Dataset.random(seed=0).batch(2)))
@@ -175,16 +177,16 @@ def test_draw_targets_marks_positives_of_a_pipeline_element(tiny_run, tmp_path):
     rows, cols = targets["resized_size"]
     assert picture.shape == (rows, cols, 3) and picture.dtype == np.uint8
     plain = visualize.denormalize_image(image.numpy(), "tf")[:rows, :cols]
-    points, _ = targets_lib.fpn_points(*image.shape[:2], config.polar.strides, config.polar.grid)
+    points, _ = pyramid.locations(*image.shape[:2], config.polar.grid)
     positives = points[targets["labels"] > 0].round().astype(int)
     assert len(positives) > 0
     assert (picture[positives[:, 1], positives[:, 0]] != plain[positives[:, 1], positives[:, 0]]).any(axis=-1).all()
 
 
-@pytest.mark.parametrize("rule", sorted(pipeline.NORMALIZATIONS))
+@pytest.mark.parametrize("rule", sorted(preprocessing.NORMALIZATIONS))
 def test_denormalize_inverts_the_pipeline_normalisation(rule):
     rgb = np.random.default_rng(0).integers(0, 256, (4, 5, 3)).astype(np.float32)
-    normalized = np.asarray(pipeline.normalize_image(rgb, rule))
+    normalized = np.asarray(preprocessing.normalize_image(rgb, rule))
     np.testing.assert_array_equal(visualize.denormalize_image(normalized, rule), rgb.astype(np.uint8))
 
 

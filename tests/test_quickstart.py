@@ -3,7 +3,7 @@
 import json
 import os
 
-from polarmask_tf.tools import quickstart
+from polarmask_tf.cli import quickstart
 
 
 def test_quickstart_makes_data_trains_and_resumes(tmp_path, capsys):

@@ -18,6 +18,7 @@ import tf_serving_double
 from polarmask_tf import config as cfg, geometry, inference
 from polarmask_tf.data import coco, synthetic
 from polarmask_tf.modeling.model import build_model
+from polarmask_tf.cli import client as client_command
 from polarmask_tf.serving import client, export, warmup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -189,9 +190,9 @@ def test_outputs_are_consistent_and_masks_follow_the_polygons(loaded, images):
 def test_padding_semantics_and_an_image_without_detections(exported, images, tmp_path, capsys):
     """export_saved_model.py end to end: a threshold no probability exceeds leaves every slot padding."""
     model_dir = exported[0]
-    args = [sys.executable, os.path.join(ROOT, "export_saved_model.py"), "--checkpoint", str(model_dir),
-            "--export_dir", str(tmp_path / "export"), "--score_threshold", "1.0", "--mask_size", "4",
-            "--max_image_pixels", "40000", "--max_detections", "5"]
+    args = [sys.executable, os.path.join(ROOT, "export_saved_model.py"), "--model-dir", str(model_dir),
+            "--export-dir", str(tmp_path / "export"), "--score-threshold", "1.0", "--mask-size", "4",
+            "--max-image-pixels", "40000", "--max-detections", "5"]
     ran = _run(args)
     assert ran.returncode == 0, ran.stderr
     assert "exported" in ran.stdout and os.path.join(str(tmp_path / "export"), "1") in ran.stdout
@@ -271,14 +272,14 @@ def test_client_end_to_end_against_the_rest_double(exported, images, tmp_path, c
         paths.append(str(tmp_path / name))
     (tmp_path / "notes.txt").write_text("not an image")
     with tf_serving_double.serve(version) as url:
-        status = client.main(["--url", url, "--image", paths[0], "--image", paths[1], "--score-threshold", "0.0",
+        status = client_command.main(["--url", url, "--image", paths[0], "--image", paths[1], "--score-threshold", "0.0",
                               "--output-dir", str(tmp_path / "overlays"), "--json", str(tmp_path / "det.json")])
         printed = capsys.readouterr().out
         assert status == 0
         assert f"{paths[0]}: " in printed and "shape " in printed
-        bad = client.main(["--url", url, "--image", str(tmp_path / "notes.txt")])
+        bad = client_command.main(["--url", url, "--image", str(tmp_path / "notes.txt")])
         assert bad == 1 and "HTTP 400" in capsys.readouterr().err
-        status = client.main(["--url", url, "--image", paths[0], "--output", str(tmp_path / "one.png")])
+        status = client_command.main(["--url", url, "--image", paths[0], "--output", str(tmp_path / "one.png")])
         assert status == 0
         with pytest.raises(client.ServingError, match="not formatted correctly"):
             client.post_json(client.predict_url(url), {"instances": [[1.5, 2.5]]})

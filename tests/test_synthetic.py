@@ -12,7 +12,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from polarmask_tf.data import synthetic
-from polarmask_tf.tools import make_synthetic
+from polarmask_tf.cli import make_synthetic
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
@@ -202,7 +202,7 @@ def test_invalid_arguments_raise(tmp_path, kwargs):
 
 def test_cli_writes_layout_and_reports_counts(tmp_path, capsys):
     output = tmp_path / "cli"
-    argv = ["--output", str(output), "--num-images", "6", "--seed", "0", "--val-fraction", "0.34",
+    argv = ["--output-dir", str(output), "--num-images", "6", "--seed", "0", "--val-fraction", "0.34",
             "--min-size", "96", "--max-size", "128"]
     assert make_synthetic.main(argv) == 0
     train_files = sorted(p.name for p in (output / "train").iterdir())
@@ -218,10 +218,10 @@ def test_cli_writes_layout_and_reports_counts(tmp_path, capsys):
 
 
 def test_cli_rejects_invalid_arguments(tmp_path, capsys):
-    assert make_synthetic.main(["--output", str(tmp_path), "--num-images", "0"]) != 0
+    assert make_synthetic.main(["--output-dir", str(tmp_path), "--num-images", "0"]) != 0
     assert "num_images" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
-        make_synthetic.main(["--output", str(tmp_path), "--num-images", "three"])
+        make_synthetic.main(["--output-dir", str(tmp_path), "--num-images", "three"])
     assert exit_info.value.code != 0
 
 

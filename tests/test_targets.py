@@ -11,6 +11,7 @@ import tensorflow as tf
 from polarmask_tf import config as cfg
 from polarmask_tf import geometry
 from polarmask_tf.data import targets
+from polarmask_tf.modeling import pyramid
 
 HEAD = geometry.ray_index_map(36, "head")
 REFERENCE = dataclasses.replace(cfg.PolarConfig(), ray_method="reference", grid="original")
@@ -49,17 +50,17 @@ def tv8(spec_vectors):
 
 
 def test_tv8_points_per_level(spec_vectors):
-    points, levels = targets.fpn_points(256, 256, cfg.PolarConfig().strides, "original")
+    points, levels = pyramid.locations(256, 256, "original")
     assert np.bincount(levels).tolist() == spec_vectors["assignment_256"]["points_per_level"]
     np.testing.assert_array_equal(points[:2], [[4, 4], [12, 4]])  # row-major, x fastest
-    centred, _ = targets.fpn_points(256, 256, cfg.PolarConfig().strides)
+    centred, _ = pyramid.locations(256, 256)
     np.testing.assert_array_equal(centred[:2], [[3.5, 3.5], [11.5, 3.5]])
     np.testing.assert_array_equal(centred[1024:1025], [[7.5, 7.5]])
 
 
 def test_tv8_positives_labels_boxes_centerness_and_rays(tv8):
     vector, encoded, _ = tv8
-    points, levels = targets.fpn_points(256, 256, REFERENCE.strides, REFERENCE.grid)
+    points, levels = pyramid.locations(256, 256, REFERENCE.grid)
     positive = np.flatnonzero(encoded["labels"] > 0)
     assert len(positive) == vector["num_positives"] == 33
     found = {(int(points[i, 0]), int(points[i, 1]), int(levels[i]) + 3): i for i in positive}
@@ -119,7 +120,7 @@ def test_horizontal_flip_mirrors_the_targets():
     )
     # The cell-centre grid is symmetric under the image flip x -> W - 1 - x: location (i, j) of a
     # level pairs with (i, W/s - 1 - j).
-    points, levels = targets.fpn_points(256, 256, cfg.PolarConfig().strides)
+    points, levels = pyramid.locations(256, 256)
     lookup = {(float(p[0]), float(p[1]), int(l)): i for i, (p, l) in enumerate(zip(points, levels))}
     partner = np.array([lookup[(width - 1 - float(p[0]), float(p[1]), int(l))] for p, l in zip(points, levels)])
     assert (original["labels"].numpy() > 0).sum() > 20
@@ -133,8 +134,8 @@ def test_horizontal_flip_mirrors_the_targets():
 
 def dense_assignment(labels, boxes, centres, image_shape, polar):
     """Brute force over every location and instance (the original's formulation), numpy."""
-    points, levels = targets.fpn_points(*image_shape, polar.strides, polar.grid)
-    strides = np.asarray(polar.strides, np.float32)[levels][:, None]
+    points, levels = pyramid.locations(*image_shape, polar.grid)
+    strides = np.asarray(pyramid.STRIDES, np.float32)[levels][:, None]
     ranges = np.asarray(polar.regress_ranges, np.float32)[levels]
     x, y = points[:, :1], points[:, 1:]
     x1, y1, x2, y2 = boxes.T[:, None, :]

@@ -8,7 +8,8 @@ from pycocotools import mask as coco_mask
 
 from conftest import shared_path, spec_mask
 from polarmask_tf import geometry
-from polarmask_tf.tools import upper_bound
+from polarmask_tf import upper_bound
+from polarmask_tf.cli import upper_bound as upper_bound_command
 
 
 def _polygon(mask):
@@ -96,7 +97,7 @@ def test_reference_raster_option_reproduces_the_spec_upper_bound(spec_vectors):
 
 def test_cli_writes_report_table_and_plot(coco_file, tmp_path, capsys):
     out, png = tmp_path / "report.json", tmp_path / "plot.png"
-    code = upper_bound.main(
+    code = upper_bound_command.main(
         ["--annotations", str(coco_file), "--num-rays", "18", "36", "--method", "exact", "reference",
          "--output", str(out), "--plot", str(png)]
     )
@@ -110,16 +111,16 @@ def test_cli_writes_report_table_and_plot(coco_file, tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
-def test_cli_rejects_files_that_are_not_coco(tmp_path):
+def test_cli_rejects_files_that_are_not_coco(tmp_path, capsys):
     path = tmp_path / "x.json"
     path.write_text('{"hello": 1}')
-    with pytest.raises(SystemExit, match="x.json is not a COCO instances file"):
-        upper_bound.main(["--annotations", str(path)])
+    assert upper_bound_command.main(["--annotations", str(path)]) == 2
+    assert "x.json is not a COCO instances file" in capsys.readouterr().err
     path.write_text("{not json")
-    with pytest.raises(SystemExit, match="not valid JSON"):
-        upper_bound.main(["--annotations", str(path)])
-    with pytest.raises(SystemExit):
-        upper_bound.main(["--annotations", str(path), "--method", "reference", "--num-rays", "7"])
+    assert upper_bound_command.main(["--annotations", str(path)]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+    assert upper_bound_command.main(["--annotations", str(path), "--method", "reference", "--num-rays", "7"]) == 2
+    assert "--method reference needs ray counts that divide 360" in capsys.readouterr().err
 
 
 @pytest.mark.slow

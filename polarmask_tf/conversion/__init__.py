@@ -5,7 +5,7 @@
     config = settings.converted_config(found, meta)                      # the original's test settings
     layout.assign(model, state, found, ray_order)                        # torch tensors -> Keras variables
 
-`polarmask_tf.tools.convert_original` puts these together and writes a model dir. The facts they
+`conversion.convert` (the command polarmask-convert-original) puts these together and writes a model dir. The facts they
 rely on (keys, shapes, ray orders, preprocessing) are in shared/reference/original_checkpoints.md.
 """
 

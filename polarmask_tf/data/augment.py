@@ -19,20 +19,6 @@ def _scale_points(points, scale_yx):
     return (points + 0.5) * scale_xy - 0.5
 
 
-def resized_shape(height, width, target_size, mode):
-    """The (height, width) int32 an image of height x width gets, resizing into target_size (H, W).
-
-    keep_ratio: scaled by min(H / height, W / width); stretch: exactly target_size.
-    """
-    height = tf.cast(height, tf.float32)
-    width = tf.cast(width, tf.float32)
-    target = tf.cast(tf.convert_to_tensor(target_size), tf.float32)
-    if mode == "stretch":
-        return tf.cast(tf.round(target), tf.int32)
-    scale = tf.minimum(target[0] / height, target[1] / width)
-    return tf.cast(tf.maximum(tf.round(tf.stack([height * scale, width * scale])), 1.0), tf.int32)
-
-
 def resize(image, instances, size):
     """Resizes image float32 [h, w, 3] to `size` (int32 [2], height and width) with bilinear
     interpolation, and the instances with it. Returns (image, instances, scale float32 [2] = (sy, sx))."""

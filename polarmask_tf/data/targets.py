@@ -3,10 +3,8 @@
 Pure TensorFlow with static shapes, so it runs inside tf.data maps and under
 tf.function(jit_compile=True). The rules are the original's (spec section 2), on one padded image:
 
-- FPN locations: level l with stride s has (H // s) x (W // s) points at the centres of their
-  s x s pixel cells, (j*s + (s-1)/2, i*s + (s-1)/2) in this project's pixel-centre frame, or at
-  (j*s + s//2, i*s + s//2) as the original did (PolarConfig.grid), flattened row-major per level
-  and concatenated P3 -> P7.
+- FPN locations: modeling.pyramid.locations (PolarConfig.grid: cell centres, or the original's
+  j*s + s//2), flattened row-major per level and concatenated P3 -> P7.
 - Box targets (l, t, r, b) = (x - x1, y - y1, x2 - x, y2 - y), boxes inclusive-pixel [x1, y1, x2, y2].
 - Centre sampling: a location is a candidate for an instance when it lies strictly inside the
   window centre +- radius * stride intersected with the instance box.
@@ -21,28 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from polarmask_tf import geometry
-
-
-def level_shapes(height, width, strides):
-    """Feature map sizes [(H // s, W // s), ...] for a padded image of height x width pixels."""
-    return [(int(height) // s, int(width) // s) for s in strides]
-
-
-def fpn_points(height, width, strides, grid="cell_center"):
-    """Location centres of all levels, numpy: points float32 [P, 2] (x, y) and level index int32 [P].
-
-    grid: "cell_center" puts location (i, j) at j*s + (s-1)/2, "original" at j*s + s//2.
-    """
-    if grid not in ("cell_center", "original"):
-        raise ValueError(f"unknown grid {grid!r}: use 'cell_center' or 'original'")
-    points, levels = [], []
-    for level, ((rows, cols), stride) in enumerate(zip(level_shapes(height, width, strides), strides)):
-        offset = (stride - 1) / 2.0 if grid == "cell_center" else stride // 2
-        ys, xs = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
-        grid_points = np.stack([xs * stride + offset, ys * stride + offset], -1).reshape(-1, 2)
-        points.append(grid_points.astype(np.float32))
-        levels.append(np.full(len(grid_points), level, np.int32))
-    return np.concatenate(points), np.concatenate(levels)
+from polarmask_tf.modeling import pyramid
 
 
 def encode_targets(labels, boxes, centers, polygons, image_shape, polar):
@@ -63,7 +40,7 @@ def encode_targets(labels, boxes, centers, polygons, image_shape, polar):
     boxes = tf.convert_to_tensor(boxes, tf.float32)
     centers = tf.convert_to_tensor(centers, tf.float32)
     polygons = tf.convert_to_tensor(polygons, tf.float32)
-    points = tf.constant(fpn_points(height, width, polar.strides, polar.grid)[0])
+    points = tf.constant(pyramid.locations(height, width, polar.grid)[0])
     num_points = points.shape[0]
     num_instances = tf.shape(labels)[0]
 
@@ -110,9 +87,9 @@ def _candidates(labels, boxes, centers, image_shape, polar):
     point_index, instance_index, valid = [], [], []
     base = 0
     for stride, (rows, cols), (low, high) in zip(
-        polar.strides, level_shapes(height, width, polar.strides), polar.regress_ranges
+        pyramid.STRIDES, pyramid.level_shapes(height, width), polar.regress_ranges, strict=True
     ):
-        offset = (stride - 1) / 2.0 if polar.grid == "cell_center" else float(stride // 2)
+        offset = pyramid.grid_offset(stride, polar.grid)
         radius = stride * polar.center_sample_radius
         x_low, x_high = tf.maximum(cx - radius, x1), tf.minimum(cx + radius, x2)
         y_low, y_high = tf.maximum(cy - radius, y1), tf.minimum(cy + radius, y2)

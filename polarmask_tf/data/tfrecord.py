@@ -1,4 +1,4 @@
-"""The TFRecord schema: one `tf.train.Example` per image, written by tools/create_tfrecords and read
+"""The TFRecord schema: one `tf.train.Example` per image, written by data.records_writer and read
 by data/pipeline. This module is the only place that knows the feature keys.
 
 Coordinates are pixels in this project's frame (pixel (row i, column j) has its centre at

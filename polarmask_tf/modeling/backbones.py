@@ -157,7 +157,7 @@ def _load_own_weights(backbone, weights):
     if weights == "imagenet":
         raise ValueError(
             f"{backbone.name}: keras.applications has no ImageNet weights for it; convert an original "
-            "PolarMask checkpoint (python -m polarmask_tf.tools.convert_original) or give a .weights.h5 file"
+            "PolarMask checkpoint (polarmask-convert-original) or give a .weights.h5 file"
         )
     path = os.fspath(weights)
     if not os.path.isfile(path):

@@ -17,8 +17,6 @@ H/s x W/s like the targets.
 
 import keras
 
-LEVELS = ("p3", "p4", "p5", "p6", "p7")
-
 
 def _conv(channels, kernel_size, name, strides=1, padding="same"):
     return keras.layers.Conv2D(

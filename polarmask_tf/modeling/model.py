@@ -11,12 +11,8 @@ flattened row-major (x fastest), levels concatenated P3 -> P7, P = sum_s (H/s) *
 import keras
 import tensorflow as tf
 
-from polarmask_tf.modeling import backbones, fpn, head
+from polarmask_tf.modeling import backbones, fpn, head, pyramid
 
-STRIDES = (8, 16, 32, 64, 128)
-"""Strides of P3..P7, pixels; the only pyramid this model builds."""
-SIZE_DIVISOR = STRIDES[-1]
-"""Input height and width must be multiples of this."""
 OUTPUT_KEYS = ("cls_logits", "centerness", "boxes", "rays")
 
 
@@ -30,7 +26,7 @@ class InputSizeCheck(keras.layers.Layer):
     compiled away, so there only the static check applies.
     """
 
-    def __init__(self, divisor=SIZE_DIVISOR, **kwargs):
+    def __init__(self, divisor=pyramid.SIZE_DIVISOR, **kwargs):
         super().__init__(**kwargs)
         self.divisor = divisor
 
@@ -81,15 +77,10 @@ def build_model(config):
     (PolarHead), "flatten_<output>_p<level>" and "<output>" (the concatenations).
     """
     model_config = config.model
-    if tuple(config.polar.strides) != STRIDES:
-        raise ValueError(
-            f"polar.strides must be {list(STRIDES)} (P3..P7), got {list(config.polar.strides)}: "
-            "the model builds exactly these five levels"
-        )
     images = keras.Input((None, None, 3), name="image")
-    checked = InputSizeCheck(SIZE_DIVISOR, name="input_size_check")(images)
+    checked = InputSizeCheck(pyramid.SIZE_DIVISOR, name="input_size_check")(images)
     features = backbones.build_backbone(model_config)(checked)
-    pyramid = fpn.build_fpn(features, model_config.fpn_channels, name="fpn")
+    levels = fpn.build_fpn(features, model_config.fpn_channels, name="fpn")
     per_level = head.PolarHead(
         num_classes=model_config.num_classes,
         num_rays=config.polar.num_rays,
@@ -97,23 +88,18 @@ def build_model(config):
         num_convs=model_config.head_convs,
         groups=model_config.group_norm_groups,
         prior_prob=model_config.prior_prob,
-        num_levels=len(STRIDES),
+        num_levels=len(pyramid.STRIDES),
         name="head",
-    )(pyramid)
+    )(levels)
 
     outputs = {}
     for key in OUTPUT_KEYS:
         flat = []
-        for level, level_outputs in zip(range(3, 8), per_level):
+        for level, level_outputs in zip(pyramid.LEVELS, per_level):
             channels = level_outputs[key].shape[-1]
             # float32 layers: under a mixed policy, layers would otherwise cast the outputs back down.
             target = (-1,) if key == "centerness" else (-1, channels)
-            flatten = keras.layers.Reshape(target, dtype="float32", name=f"flatten_{key}_p{level}")
+            flatten = keras.layers.Reshape(target, dtype="float32", name=f"flatten_{key}_{level}")
             flat.append(flatten(level_outputs[key]))
         outputs[key] = keras.layers.Concatenate(axis=1, dtype="float32", name=key)(flat)
     return keras.Model(images, outputs, name=f"polarmask_{model_config.backbone}")
-
-
-def num_locations(height, width):
-    """P, the number of locations the model predicts for an input of height x width pixels."""
-    return sum((height // s) * (width // s) for s in STRIDES)

@@ -1,22 +1,17 @@
-"""REST client for a PolarMask model on TensorFlow Serving.
+"""REST client for a PolarMask model on TensorFlow Serving; the command is polarmask-client
+(cli/client.py).
 
-    python -m polarmask_tf.serving.client --url http://HOST:8501/v1/models/polarmask --image x.jpg \\
-        [--image y.png ...] [--output overlay.png] [--score-threshold 0.3] [--json detections.json]
+    detections = predict("http://HOST:8501/v1/models/polarmask", [jpeg_bytes, png_bytes])
 
-Sends one predict request with all images ({"instances": [{"b64": ...}, ...]} to the
-serving_default signature), prints each image's detections and, with --output (one image) or
---output-dir (several), draws them. Only the standard library, numpy and OpenCV are needed to
-talk to the server; drawing imports polarmask_tf.visualize (and with it TensorFlow).
+One predict request carries all images ({"instances": [{"b64": ...}, ...]} to the serving_default
+signature). Only the standard library and numpy are needed to talk to the server.
 
 gRPC: TF Serving's gRPC API needs the `tensorflow-serving-api` package, which depends on the full
 `tensorflow` wheel (it conflicts with tensorflow-cpu), so this client speaks REST only.
 """
 
-import argparse
 import base64
 import json
-import os
-import sys
 import urllib.error
 import urllib.request
 
@@ -97,67 +92,3 @@ def parse_predictions(answer):
 def predict(url, encoded_images, timeout=60.0):
     """Detections (parse_predictions) for a list of encoded images, in one request."""
     return parse_predictions(post_json(predict_url(url), predict_request(encoded_images), timeout))
-
-
-def _draw(encoded, found, path, score_threshold):
-    import cv2
-
-    from polarmask_tf import visualize
-
-    image = cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_COLOR)
-    names = {int(c): name for c, name in zip(found["classes"], found["class_names"])}
-    drawn = visualize.draw_detections(image[..., ::-1], found, names, score_threshold=score_threshold)
-    if not cv2.imwrite(path, drawn[..., ::-1]):
-        raise OSError(f"cannot write {path}")
-
-
-def main(argv=None, stream=None):
-    stream = stream or sys.stdout
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--url", required=True, help="http://HOST:8501/v1/models/NAME[/versions/V]")
-    parser.add_argument("--image", action="append", required=True, help="image file (repeatable: one request)")
-    parser.add_argument("--output", help="overlay PNG (one --image)")
-    parser.add_argument("--output-dir", help="overlays <stem>.png for several images")
-    parser.add_argument("--json", help="write the detections (all, with polygons) as JSON")
-    parser.add_argument("--score-threshold", type=float, default=0.3, help="printed and drawn above this")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds")
-    args = parser.parse_args(argv)
-    if args.output and len(args.image) > 1:
-        parser.error("--output takes one --image; use --output-dir for several")
-    try:
-        encoded = []
-        for path in args.image:
-            with open(path, "rb") as file:
-                encoded.append(file.read())
-    except OSError as error:
-        print(f"error: cannot read {error.filename}: {error.strerror}", file=sys.stderr)
-        return 1
-    try:
-        results = predict(args.url, encoded, args.timeout)
-    except ServingError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    for path, data, found in zip(args.image, encoded, results):
-        shown = [i for i, score in enumerate(found["scores"]) if score >= args.score_threshold]
-        print(f"{path}: {len(found['scores'])} detections, {len(shown)} with score >= {args.score_threshold}",
-              file=stream)
-        for i in shown:
-            box = ", ".join(f"{v:.1f}" for v in found["boxes"][i])
-            print(f"  {found['class_names'][i]:<16} {found['scores'][i]:.3f}  box [{box}]", file=stream)
-        target = args.output or (
-            os.path.join(args.output_dir, os.path.splitext(os.path.basename(path))[0] + ".png") if args.output_dir else None
-        )
-        if target:
-            os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
-            _draw(data, found, target, args.score_threshold)
-            print(f"  overlay: {target}", file=stream)
-    if args.json:
-        with open(args.json, "w") as file:
-            json.dump([{key: (value.tolist() if isinstance(value, np.ndarray) else value) for key, value in found.items()}
-                       | {"image": path} for path, found in zip(args.image, results)], file)
-        print(f"detections: {args.json}", file=stream)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

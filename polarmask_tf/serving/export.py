@@ -37,12 +37,12 @@ import keras
 import tensorflow as tf
 
 from polarmask_tf import config as cfg, geometry, postprocess as postprocess_lib
-from polarmask_tf.data import pipeline
+from polarmask_tf.modeling import preprocessing
 from polarmask_tf.serving import warmup
 
 DEFAULT_MAX_IMAGE_PIXELS = 10000 * 10000
-PADDED_CLASS = -1
-"""detection_classes of padding entries (category ids are never negative)."""
+PADDED_CLASS = postprocess_lib.PADDED_CLASS
+"""detection_classes of padding entries (category ids are never negative), as everywhere."""
 CATEGORIES_ASSET = "categories.tsv"
 """Asset with one line per label 1..C: "<category id>\\t<name>"."""
 INPUT_SIGNATURES = {
@@ -131,7 +131,7 @@ def build_archive(config, model, categories_path, mask_size=None, max_image_pixe
     weights; categories_path: a file written by write_categories (copied into the SavedModel's
     assets when the archive is written); mask_size: M for detection_masks, or None for none.
     """
-    padded = pipeline.padded_image_shape(config.data)
+    padded = preprocessing.padded_image_shape(config.data)
     category_ids, category_names = _category_tables(categories_path)
     prepared_spec = (
         tf.TensorSpec([*padded, 3], tf.float32), tf.TensorSpec([2], tf.int32), tf.TensorSpec([2], tf.float32)
@@ -141,7 +141,7 @@ def build_archive(config, model, categories_path, mask_size=None, max_image_pixe
         found = postprocess_lib.postprocess(
             model(inputs, training=False), resized_size, scale, padded, config.polar, config.postprocess
         )
-        keys = tf.cast(found["classes"], tf.int64) - 1  # -1 for padding: the tables' default
+        keys = tf.cast(found["classes"], tf.int64) - 1  # negative for padding: the tables' default
         outputs = {
             "num_detections": found["num_detections"],
             "detection_boxes": found["boxes"],
@@ -158,7 +158,7 @@ def build_archive(config, model, categories_path, mask_size=None, max_image_pixe
     def serve_bytes(image_bytes):
         def prepare(args):
             index, encoded = args
-            return pipeline.preprocess_image(_decode(encoded, index, max_image_pixels), config)
+            return preprocessing.preprocess_image(_decode(encoded, index, max_image_pixels), config)
 
         indices = tf.range(tf.size(image_bytes))
         return detect(*tf.map_fn(prepare, (indices, image_bytes), fn_output_signature=prepared_spec))
@@ -166,7 +166,7 @@ def build_archive(config, model, categories_path, mask_size=None, max_image_pixe
     def serve_images(images):
         def prepare(args):
             index, image = args
-            return pipeline.preprocess_image(_checked_size(image, "images", index, max_image_pixels), config)
+            return preprocessing.preprocess_image(_checked_size(image, "images", index, max_image_pixels), config)
 
         indices = tf.range(tf.shape(images)[0])
         return detect(*tf.map_fn(prepare, (indices, images), fn_output_signature=prepared_spec))

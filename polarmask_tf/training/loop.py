@@ -42,7 +42,7 @@ from polarmask_tf.training.optimization import build_optimizer
 LOSS_NAMES = ("cls_loss", "ray_loss", "box_loss", "centerness_loss", "total_loss")
 ARCHITECTURE_KEYS = (
     "model.backbone", "model.num_classes", "model.fpn_channels", "model.head_channels", "model.head_convs",
-    "model.group_norm_groups", "model.freeze_stem", "model.freeze_batchnorm", "polar.num_rays", "polar.strides",
+    "model.group_norm_groups", "model.freeze_stem", "model.freeze_batchnorm", "polar.num_rays",
 )
 """Config keys that change the network's variables or which of them the optimiser tracks (its
 momentum slots follow the trainable variables), so a checkpoint made with other values cannot load."""
@@ -101,7 +101,7 @@ def check_model_dir(config, model_dir):
 def build_training_state(config):
     """(model, optimizer) of `config`, built, in the current strategy scope and dtype policy: what a
     training checkpoint holds (tf.train.Checkpoint(model=..., optimizer=...)), so that tools writing
-    a model dir (tools.convert_original) write checkpoints training resumes from."""
+    a model dir (conversion.convert) write checkpoints training resumes from."""
     model = build_model(config)
     optimizer = build_optimizer(config.train)
     if config.train.mixed_precision == "mixed_float16":
@@ -140,8 +140,6 @@ class Trainer:
             self.model, self.optimizer = build_training_state(config)
         self.evaluator = None
         if train.eval_every and self.is_chief:
-            if not (train.eval_annotations and train.eval_images_dir):
-                raise ValueError("train.eval_every needs train.eval_annotations and train.eval_images_dir")
             from polarmask_tf import evaluation
 
             self.evaluator = evaluation.Evaluator(

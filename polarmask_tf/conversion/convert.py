@@ -1,21 +1,19 @@
-"""Converts an original PolarMask checkpoint (PyTorch .pth) into a model dir of this project.
+"""Converts an original PolarMask checkpoint (PyTorch .pth) into a model dir of this project; the
+command is polarmask-convert-original (cli/convert_original.py).
 
-    python -m polarmask_tf.tools.convert_original --checkpoint polar_768_1x_r50.pth --output-dir runs/r50_1x \\
-        [--set data.image_size=[800,1333] ...] [--ray-order auto|old|head] [--verify-image photo.jpg]
+    report = convert("polar_768_1x_r50.pth", "models/r50_1x", overrides=["data.image_size=[800,1333]"])
 
-Writes OUTPUT_DIR in the layout training writes, so predict, evaluate, export_saved_model.py and
-train_main.py (resume, or train.init_checkpoint for fine-tuning) take it as it is:
-  config.yaml        the original's test settings (conversion.settings.converted_config), then --set;
+Writes a model dir in the layout training writes, so polarmask-predict, -evaluate, -export and
+-train (resume, or train.init_checkpoint for fine-tuning) take it as it is:
+  config.yaml        the original's test settings (conversion.settings.converted_config), then overrides;
   labels.json        COCO's 80 categories with their real ids and names (or meta["CLASSES"]);
   checkpoints/ckpt-0 model and a fresh optimiser at step 0 (training.loop.build_training_state);
   conversion.json    the source file (path, size, SHA-256), what was detected, notes, counts.
 Nothing is written when anything is wrong with the file: the output appears complete or not at
 all (written beside it, then renamed). ResNet-50/101 (caffe) and ResNeXt-101 64x4d (pytorch)
 backbones; "fcos_" and "polar_" head namings with their ray orders; legacy and zip torch formats.
-Exit status 0 on success, 2 for a file or setting that cannot be converted (the message says why).
 """
 
-import argparse
 import hashlib
 import json
 import os
@@ -47,13 +45,14 @@ def check_ray_order(config, model, order, image_path, forced):
     the rays follow another order than `order` and the order was not `forced` by the user."""
     from polarmask_tf import evaluation
     from polarmask_tf.conversion import ray_check
-    from polarmask_tf.data import coco, pipeline
+    from polarmask_tf.data import coco
+    from polarmask_tf.modeling import preprocessing
 
     try:
         image = evaluation.load_image(image_path)
     except coco.ImageError as error:
         raise ConversionError(f"--verify-image: {error}") from None
-    inputs = pipeline.preprocess_image(image, config)[0][None]
+    inputs = preprocessing.preprocess_image(image, config)[0][None]
     outputs = {key: value.numpy() for key, value in model(inputs, training=False).items()}
     errors = ray_check.ray_order_errors(outputs, order)
     best = min(errors, key=errors.get)
@@ -139,41 +138,3 @@ def convert(checkpoint_path, output_dir, overrides=(), ray_order="auto", stream=
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return report
-
-
-def main(argv=None, stream=None):
-    stream = stream or sys.stdout
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="the original's .pth file")
-    parser.add_argument("--output-dir", required=True, help="model dir to create (must not exist, or be empty)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override the converted config, e.g. data.image_size=[800,1333] (repeatable)")
-    parser.add_argument("--ray-order", choices=("auto", "old", "head"), default="auto",
-                        help="the file's ray order: auto (from the head naming and meta), old (fcos_ files) or "
-                             "head (polar_ files); only for files whose naming and meta disagree")
-    parser.add_argument("--verify-image", help="a photo to check the ray order on: at the most confident locations "
-                        "the rays pointing right/down/left/up must match the box branch's sides (real weights only)")
-    args = parser.parse_args(argv)
-    try:
-        report = convert(args.checkpoint, args.output_dir, args.set, args.ray_order, stream, args.verify_image)
-    except (ConversionError, FileExistsError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    for note in report["notes"]:
-        print(f"note: {note}", file=stream)
-    if report["ray_order_check"]:
-        errors = report["ray_order_check"]["errors"]
-        print("ray order check: median relative error of the right/down/left/up rays against the box sides: "
-              + ", ".join(f"{name} {value:.3f}" for name, value in errors.items()), file=stream)
-    print(f"wrote {args.output_dir} in {report['seconds']:.1f} s: {report['original_parameters']:,} parameters "
-          f"({report['tensors']} tensors) into {report['keras_variables']} Keras variables", file=stream)
-    print(f"  predict:  python -m polarmask_tf.predict --checkpoint {args.output_dir} --images photo.jpg", file=stream)
-    print(f"  evaluate: python -m polarmask_tf.evaluate --checkpoint {args.output_dir} --annotations "
-          "instances_val2017.json --images-dir val2017", file=stream)
-    print(f"  export:   python export_saved_model.py --checkpoint {args.output_dir} --export_dir exports/polarmask",
-          file=stream)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,25 +1,24 @@
-"""The quickstart: synthetic shapes -> TFRecords -> training a tiny PolarMask -> COCO evaluation on
-the held-out split -> overlays, on a CPU in minutes.
+"""polarmask-quickstart: synthetic shapes -> TFRecords -> training a tiny PolarMask -> COCO evaluation on the held-out split -> overlays, on a CPU in minutes.
 
-    python -m polarmask_tf.tools.quickstart [--config configs/quickstart.yaml] [--model-dir runs/quickstart]
+    polarmask-quickstart [--config configs/quickstart.yaml] [--model-dir runs/quickstart]
         [--set train.total_steps=300 ...]
 
 Each stage is skipped when its output already exists, and training resumes from the latest
 checkpoint, so running it again continues where it stopped. Evaluation and overlays are redone.
 """
 
-import argparse
 import os
 import pathlib
 import sys
+
+from polarmask_tf.cli import common
 
 REPO_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
 
 
 def prepare_data(config, stream=sys.stdout):
     """Makes the synthetic dataset and its TFRecords unless they exist; returns the records dir."""
-    from polarmask_tf.data import synthetic
-    from polarmask_tf.tools import create_tfrecords
+    from polarmask_tf.data import records_writer, synthetic
 
     root = pathlib.Path(config.synthetic.output_dir)
     if not (root / "annotations" / "instances_train.json").exists():
@@ -30,7 +29,7 @@ def prepare_data(config, stream=sys.stdout):
     records = root / "tfrecords"
     for split in synthetic.SPLITS:
         if not list(records.glob(f"{split}-*.tfrecord")):
-            report = create_tfrecords.convert(
+            report = records_writer.convert(
                 str(root / "annotations" / f"instances_{split}.json"), str(root / split), str(records / split),
                 num_shards=2, skip_empty=split == "train", progress_stream=stream,
                 label_map_path=str(records / "train-labels.json") if split != "train" else None,
@@ -68,36 +67,39 @@ def evaluate_and_draw(config, model, model_dir, num_overlays=6, stream=sys.stdou
     return out / "metrics.json", overlays
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=str(REPO_CONFIG), help="default: the repository's configs/quickstart.yaml")
-    parser.add_argument("--model-dir", default="runs/quickstart")
-    parser.add_argument("--set", action="append", default=[], help="dotted config override (repeatable)")
-    args = parser.parse_args(argv)
+def build_parser():
+    parser = common.parser(__doc__)
+    common.add_config(parser, default=str(REPO_CONFIG))
+    parser.add_argument("--model-dir", default="runs/quickstart", help="default: %(default)s")
+    return parser
+
+
+def quickstart(args, stream):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from polarmask_tf import config as cfg
     from polarmask_tf.training import loop
 
-    try:
-        config = cfg.load_config(args.config, args.set)
-    except cfg.ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    records = prepare_data(config)
+    config = cfg.load_config(args.config, args.set)
+    records = prepare_data(config, stream)
     config = cfg.apply_overrides(
         config, [f"data.train_files={records}/train-*.tfrecord", f"data.val_files={records}/val-*.tfrecord"]
     )
     trainer = loop.Trainer(config, args.model_dir)
-    history = trainer.train()
+    history = trainer.train(stream=stream)
     if history:
         first, last = history[0], history[-1]
-        print(f"total loss {first['total_loss']:.3f} at step {first['step']} -> {last['total_loss']:.3f} at step {last['step']}")
-    metrics_path, overlays = evaluate_and_draw(config, trainer.model, args.model_dir)
-    print(f"data: {config.synthetic.output_dir} (TFRecords in {records})")
-    print(f"evaluation on the held-out split: {metrics_path}; overlays: {overlays}")
-    print(f"model dir: {args.model_dir} (config.yaml, checkpoints/, TensorBoard logs in train/)")
-    print(f"checkpoint: {trainer.manager.latest_checkpoint}")
+        print(f"total loss {first['total_loss']:.3f} at step {first['step']} -> {last['total_loss']:.3f} at step "
+              f"{last['step']}", file=stream)
+    metrics_path, overlays = evaluate_and_draw(config, trainer.model, args.model_dir, stream=stream)
+    print(f"data: {config.synthetic.output_dir} (TFRecords in {records})", file=stream)
+    print(f"evaluation on the held-out split: {metrics_path}; overlays: {overlays}", file=stream)
+    print(f"model dir: {args.model_dir} (config.yaml, checkpoints/, TensorBoard logs in train/)", file=stream)
+    print(f"checkpoint: {trainer.manager.latest_checkpoint}", file=stream)
     return 0
+
+
+def main(argv=None, stream=None):
+    return common.guarded(quickstart, common.parse(build_parser(), argv), stream or sys.stdout)
 
 
 if __name__ == "__main__":

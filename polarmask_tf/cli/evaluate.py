@@ -1,6 +1,6 @@
-"""COCO mask and box AP of a trained PolarMask checkpoint on an annotated image set.
+"""polarmask-evaluate: COCO mask and box AP of a trained PolarMask on an annotated image set.
 
-    python -m polarmask_tf.evaluate --checkpoint runs/quickstart \\
+    polarmask-evaluate --model-dir runs/quickstart \\
         --annotations data/synthetic/annotations/instances_val.json --images-dir data/synthetic/val \\
         --output-dir runs/quickstart/eval
 
@@ -12,21 +12,19 @@ plus per-category APs of every category, ground-truth counts, skipped images by 
 seconds per image). Evaluation follows the original (spec section 5); see
 polarmask_tf.evaluation for the frame conversions.
 
-The config defaults to config.yaml of the checkpoint's model dir. The label map defaults to the
-model dir's labels.json, else to the annotations' categories in category id order (the rule
-create_tfrecords uses without --label-map); give --label-map when the model was trained with
-another one. Images that cannot
-be read are skipped and reported, never fatal. Exit status: 0 after an evaluation, 1 when no image
-could be read, 2 for unusable arguments (a checkpoint that does not fit the config, a missing
-checkpoint, an invalid config, annotations or label map).
+The config defaults to config.yaml of the model dir. The label map defaults to the model dir's
+labels.json, else to the annotations' categories in category id order (the rule
+polarmask-create-tfrecords uses without --label-map); give --label-map when the model was trained
+with another one. Images that cannot be read are skipped and reported, never fatal. Exit status:
+0 after an evaluation, 1 when no image could be read, 2 for unusable arguments (a checkpoint that
+does not fit the config, a missing checkpoint, an invalid config, annotations or label map).
 """
 
-import argparse
 import json
 import os
 import sys
 
-from polarmask_tf import config as cfg
+from polarmask_tf.cli import common
 
 
 def _write_json(data, path):
@@ -36,38 +34,30 @@ def _write_json(data, path):
     os.replace(temporary, path)
 
 
-def main(argv=None, stream=None):
-    stream = stream or sys.stdout
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="model dir, its checkpoints/ dir or a ckpt-N prefix")
-    parser.add_argument("--config", help="config YAML (default: config.yaml of the checkpoint's model dir)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
+def build_parser():
+    parser = common.parser(__doc__)
+    common.add_model_source(parser)
+    common.add_config(parser)
     parser.add_argument("--annotations", required=True, help="COCO instances json")
     parser.add_argument("--images-dir", required=True, help="directory the json's file names are relative to")
-    parser.add_argument("--label-map", help="labels json written by create_tfrecords for the model's training data")
+    common.add_label_map(parser)
     parser.add_argument("--output-dir", help="write results.json and metrics.json here")
     parser.add_argument("--max-images", type=int, default=None, help="evaluate the first N images (by id) only")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--top-categories", type=int, default=20, help="per-category rows printed (0: all)")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def evaluate(args, stream):
     from polarmask_tf import evaluation, inference
     from polarmask_tf.data import coco
 
-    try:
-        config_path = inference.checkpoint_config_path(args.checkpoint, args.config)
-        config = cfg.load_config(config_path, args.set)
-        labels = args.label_map or inference.beside_checkpoint(args.checkpoint, inference.LABELS_FILE)
-        label_map = coco.read_label_map(labels) if labels else None
-        evaluator = evaluation.Evaluator(
-            config, args.annotations, args.images_dir, label_map, args.max_images, args.batch_size
-        )
-        model = inference.load_model(config, args.checkpoint)
-    except (OSError, ValueError) as error:
-        # ConfigError, CheckpointMismatchError, a missing checkpoint, unreadable or invalid annotations or
-        # label map, a label map with another number of classes than the model
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    config = common.load_model_config(args)
+    source = common.model_source(args)
+    labels = args.label_map or inference.beside_checkpoint(source, inference.LABELS_FILE)
+    label_map = coco.read_label_map(labels) if labels else None
+    evaluator = evaluation.Evaluator(config, args.annotations, args.images_dir, label_map, args.max_images, args.batch_size)
+    model = inference.load_model(config, source)
 
     metrics, results = evaluator.evaluate(model, stream=sys.stderr)
     skipped = metrics["skipped_images"]["counts"]
@@ -84,13 +74,18 @@ def main(argv=None, stream=None):
     print(f"{metrics['seconds_per_image'] * 1000:.0f} ms per image (reading, inference, rasterisation)", file=stream)
     if args.output_dir:
         os.makedirs(args.output_dir, exist_ok=True)
-        metrics.update(checkpoint=inference.find_checkpoint(args.checkpoint), config=os.path.abspath(config_path),
+        metrics.update(checkpoint=inference.find_checkpoint(source),
+                       config=os.path.abspath(inference.checkpoint_config_path(source, args.config)),
                        annotations=os.path.abspath(args.annotations))
         _write_json(results, os.path.join(args.output_dir, "results.json"))
         _write_json(metrics, os.path.join(args.output_dir, "metrics.json"))
         print(f"results: {os.path.join(args.output_dir, 'results.json')}; "
               f"metrics: {os.path.join(args.output_dir, 'metrics.json')}", file=stream)
     return 0
+
+
+def main(argv=None, stream=None):
+    return common.guarded(evaluate, common.parse(build_parser(), argv), stream or sys.stdout)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
-"""Run a trained PolarMask on image files and save overlays, or show the targets of TFRecords.
+"""polarmask-predict: runs a trained PolarMask on image files and saves overlays, or shows the targets of TFRecords.
 
-    python -m polarmask_tf.predict --checkpoint runs/quickstart --images 'photos/*.jpg' --output-dir out
-    python -m polarmask_tf.predict --config configs/quickstart.yaml --show-targets \\
+    polarmask-predict --model-dir runs/quickstart --images 'photos/*.jpg' --output-dir out
+    polarmask-predict --config configs/quickstart.yaml --show-targets \\
         --images 'data/synthetic/tfrecords/train-*.tfrecord' --output-dir out --max-images 8
 
 Predictions: one PNG per readable image (`<stem>.png`, translucent polygons, outlines, class and
@@ -11,19 +11,18 @@ RLE are in COCO's frame exactly as polarmask_tf.evaluation writes them. Detectio
 --score-threshold are neither drawn nor written. Files that are not readable images are skipped
 with a message; the exit status is 1 only when no image could be read.
 
---show-targets (no checkpoint needed): the inputs are TFRecord shards (tools/create_tfrecords);
+--show-targets (no model needed): the inputs are TFRecord shards (polarmask-create-tfrecords);
 the first --max-images examples go through the evaluation-mode pipeline (resize, normalise, pad,
 encode targets: data.pipeline.make_example_fn, no augmentation) and each is drawn as
 `targets-<image id>.png`: positive locations coloured by FPN level and, per instance, the polygon
 decoded from the rays of its most central positive. The check to make on your own data before
 training.
 
-The config defaults to config.yaml of the checkpoint's model dir; class names come from
+The config defaults to config.yaml of the model dir; class names come from
 --label-map, else from the model dir's labels.json, else from the `<prefix>-labels.json` that
-create_tfrecords wrote beside the config's training shards, else "class k".
+polarmask-create-tfrecords wrote beside the config's training shards, else "class k".
 """
 
-import argparse
 import glob
 import json
 import os
@@ -31,11 +30,7 @@ import sys
 
 import numpy as np
 
-from polarmask_tf import config as cfg
-
-
-class UsageError(ValueError):
-    """An argument that cannot be used: an unreadable label map, or one of another model."""
+from polarmask_tf.cli import common
 
 
 def expand_inputs(patterns):
@@ -73,16 +68,6 @@ def _write_png(path, rgb):
         raise OSError(f"could not write {path}")
 
 
-def _load_config(args):
-    from polarmask_tf.inference import checkpoint_config_path
-
-    if args.checkpoint:
-        return cfg.load_config(checkpoint_config_path(args.checkpoint, args.config), args.set)
-    if args.config is None:
-        raise cfg.ConfigError("pass --config (or --checkpoint of a model dir that holds config.yaml)")
-    return cfg.load_config(args.config, args.set)
-
-
 def predict_images(args, config, stream):
     """Overlays and results.json for image files; returns the exit status. The model is loaded
     only once a readable image is found."""
@@ -94,11 +79,7 @@ def predict_images(args, config, stream):
     if not files:
         print(f"error: no files match {' '.join(args.images)}", file=sys.stderr)
         return 1
-    try:
-        label_map = coco.model_label_map(
-            config, args.label_map or inference.beside_checkpoint(args.checkpoint, inference.LABELS_FILE))
-    except ValueError as error:
-        raise UsageError(str(error)) from error
+    label_map = common.label_map(args, config)
     names = {c.label: c.name for c in label_map.categories}
     outputs = dict(zip(files, output_names(files)))
     predictor, results, written, skipped = None, [], 0, 0
@@ -112,7 +93,7 @@ def predict_images(args, config, stream):
                 skipped += 1
                 print(f"skipped: {error}", file=stream)
         if loaded and predictor is None:
-            predictor = inference.Predictor(config, inference.load_model(config, args.checkpoint), args.batch_size)
+            predictor = inference.Predictor(config, inference.load_model(config, common.model_source(args)), args.batch_size)
             os.makedirs(args.output_dir, exist_ok=True)
         for (path, image), found in zip(loaded, predictor.predict([image for _, image in loaded]) if loaded else []):
             keep = found["scores"] >= args.score_threshold
@@ -164,35 +145,33 @@ def show_targets(args, config, stream):
     return 0 if count else 1
 
 
-def main(argv=None, stream=None):
-    stream = stream or sys.stdout
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", help="model dir, its checkpoints/ dir or a ckpt-N prefix")
-    parser.add_argument("--config", help="config YAML (default: config.yaml of the checkpoint's model dir)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
+def build_parser():
+    parser = common.parser(__doc__)
+    common.add_model_source(parser, required=False)
+    common.add_config(parser)
     parser.add_argument("--images", nargs="+", action="extend", required=True, help="image files, directories or globs")
     parser.add_argument("--output-dir", default="predictions")
-    parser.add_argument("--score-threshold", type=float, default=0.3)
-    parser.add_argument("--label-map", help="labels json written by create_tfrecords (class names)")
+    common.add_score_threshold(parser, 0.3)
+    common.add_label_map(parser)
     parser.add_argument("--draw-rays", action="store_true", help="draw each detection's rays from its centre")
     parser.add_argument("--show-targets", action="store_true",
                         help="draw the encoded training targets of TFRecord shards instead of predicting")
     parser.add_argument("--max-images", type=int, default=None, help="only the first N inputs (targets: default 8)")
     parser.add_argument("--batch-size", type=int, default=4)
-    args = parser.parse_args(argv)
-    if not args.show_targets and not args.checkpoint:
-        parser.error("--checkpoint is required (except with --show-targets)")
+    return parser
 
-    from polarmask_tf.inference import CheckpointMismatchError
 
-    try:
-        config = _load_config(args)
-        if args.show_targets:
-            return show_targets(args, config, stream)
-        return predict_images(args, config, stream)
-    except (cfg.ConfigError, CheckpointMismatchError, FileNotFoundError, UsageError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+def predict(args, stream):
+    if not args.show_targets and common.model_source(args) is None:
+        raise common.UsageError("--model-dir (or --checkpoint) is required, except with --show-targets")
+    config = common.load_model_config(args)
+    if args.show_targets:
+        return show_targets(args, config, stream)
+    return predict_images(args, config, stream)
+
+
+def main(argv=None, stream=None):
+    return common.guarded(predict, common.parse(build_parser(), argv), stream or sys.stdout)
 
 
 if __name__ == "__main__":

@@ -1,31 +1,26 @@
-"""COCO instances json + images -> sharded TFRecords (the schema of polarmask_tf.data.tfrecord).
+"""COCO instances json + images -> sharded TFRecords (the schema of polarmask_tf.data.tfrecord);
+the command is polarmask-create-tfrecords (cli/create_tfrecords.py).
 
-    python -m polarmask_tf.tools.create_tfrecords --annotations instances_train2017.json \\
-        --images-dir train2017 --output-prefix out/train --num-shards 8 [--num-workers 4] \\
-        [--min-area 16] [--skip-empty]
+    report = convert("instances_train2017.json", "train2017", "out/train", num_shards=8)
 
 Writes {prefix}-00000-of-00008.tfrecord ..., {prefix}-labels.json (label -> category id and name)
 and {prefix}-report.json (what was written and what was skipped, by reason, with example ids).
 What is skipped, re-encoded or clipped, and why: see polarmask_tf.data.coco.
 
 - Image i in increasing image-id order (counting every image of the json, skipped or not) goes to
-  shard i % N, so the assignment never depends on what else was skipped or on --num-workers.
+  shard i % N, so the assignment never depends on what else was skipped or on num_workers.
 - A shard is written whole or not at all: every shard is written to `<name>.tmp-<pid>` and moved
   into place only after every image has been processed; on an error or Ctrl-C the temporaries
   are removed and no shard is written. A shard is empty when there are fewer images than shards.
-- With --num-workers W > 0 the images are converted in W spawned processes (each imports
+- With num_workers W > 0 the images are converted in W spawned processes (each imports
   TensorFlow, ~3 s, and runs it single-threaded); the main process only writes. 0 converts in the
   main process, which is faster for small datasets or few CPUs (see AUTO_WORKERS_MIN_IMAGES).
-- Exit status: 0 if at least one image was written, 1 if none was (nothing is written then but
-  the report), 2 if the json is missing, not JSON or not COCO instances, 130 on Ctrl-C.
 """
 
-import argparse
 import contextlib
 import json
 import multiprocessing
 import os
-import sys
 import time
 
 import tensorflow as tf
@@ -35,7 +30,7 @@ from polarmask_tf.progress import ProgressBar
 
 AUTO_WORKERS_MIN_IMAGES = 2000
 AUTO_WORKERS_MIN_CPUS = 4
-"""--num-workers auto converts in the main process unless there are at least this many images and
+"""num_workers "auto" converts in the main process unless there are at least this many images and
 CPUs. Measured on 2 CPUs: ~270 COCO images/s in the main process (half of it JPEG decoding), while
 starting a worker (it imports TensorFlow) takes ~3 s and 2 workers were no faster than none."""
 
@@ -282,62 +277,3 @@ def format_report(report):
         lines.append(f"label map: {report['label_map']} ({report['num_classes']} classes)")
     lines.append(f"report: {report['output_prefix']}-report.json")
     return "\n".join(lines)
-
-
-def _workers_argument(text):
-    if text == "auto":
-        return text
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be 'auto' or a non-negative integer")
-    return value
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--annotations", required=True, help="COCO instances json")
-    parser.add_argument("--images-dir", required=True, help="directory the json's file_name entries are relative to")
-    parser.add_argument("--output-prefix", required=True, help="e.g. out/train -> out/train-00000-of-00004.tfrecord")
-    parser.add_argument("--num-shards", type=int, default=1)
-    parser.add_argument(
-        "--num-workers",
-        type=_workers_argument,
-        default="auto",
-        help=f"processes converting images; 0 = this process; auto (default) = min(CPUs - 1, 8) for "
-        f"{AUTO_WORKERS_MIN_IMAGES}+ images on {AUTO_WORKERS_MIN_CPUS}+ CPUs, else 0",
-    )
-    parser.add_argument(
-        "--min-area", type=float, default=coco.DEFAULT_MIN_AREA, help="drop annotations with a smaller COCO area (px^2)"
-    )
-    parser.add_argument("--skip-empty", action="store_true", help="drop images with no instance left (for training)")
-    parser.add_argument(
-        "--label-map", default=None, help="reuse the labels.json of an earlier conversion (shared labels across jsons)"
-    )
-    args = parser.parse_args(argv)
-    if args.num_shards < 1:
-        parser.error("--num-shards must be at least 1")
-    if args.min_area < 0:
-        parser.error("--min-area must be non-negative")
-    try:
-        report = convert(
-            args.annotations, args.images_dir, args.output_prefix, args.num_shards,
-            num_workers=args.num_workers, min_area=args.min_area, skip_empty=args.skip_empty,
-            label_map_path=args.label_map,
-        )
-    except coco.InvalidAnnotationsError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: no shard was written", file=sys.stderr)
-        return 130
-    except OSError as error:
-        if error.filename != args.annotations:
-            raise
-        print(f"error: cannot read annotations {error.filename}: {error.strerror}", file=sys.stderr)
-        return 2
-    print(format_report(report))
-    return 0 if report["images"]["written"] else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

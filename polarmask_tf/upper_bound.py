@@ -6,16 +6,15 @@ the decoded polygon rasterised at image resolution, and its IoU with the ground-
 mean IoU per (method, centre, N) is the best mask IoU a perfect PolarMask could reach with that
 setting (the paper's "upper bound" figure).
 
-    python -m polarmask_tf.tools.upper_bound --annotations instances_val2017.json \\
-        --num-rays 18 36 72 --method exact reference --center mass box \\
-        --output report.json --plot upper_bound.png
+    report = run("instances_val2017.json", num_rays=[18, 36, 72], methods=["exact"], centers=["mass"])
+    print(format_table(report))
 
+The command is polarmask-upper-bound (cli/upper_bound.py).
 With `--method reference` the centre is truncated to integers, as the original does. Instances
 that cannot be measured (crowd, empty or degenerate masks, broken segmentations) are counted under
 "skipped" by reason, with a few annotation ids per reason; the run never stops on one of them.
 """
 
-import argparse
 import collections
 import json
 import os
@@ -29,15 +28,16 @@ EXAMPLES_PER_REASON = 5
 
 
 def _load_coco(path):
+    """The json at `path`; ValueError naming the file when it cannot be read or is not COCO instances."""
     try:
         with open(path) as stream:
             data = json.load(stream)
     except OSError as error:
-        raise SystemExit(f"error: cannot read annotations {path}: {error.strerror}")
+        raise ValueError(f"cannot read annotations {path}: {error.strerror}") from None
     except json.JSONDecodeError as error:
-        raise SystemExit(f"error: {path} is not valid JSON: {error}")
+        raise ValueError(f"{path} is not valid JSON: {error}") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(data.get("annotations"), list):
-        raise SystemExit(f"error: {path} is not a COCO instances file (needs 'images' and 'annotations' lists)")
+        raise ValueError(f"{path} is not a COCO instances file (needs 'images' and 'annotations' lists)")
     return data
 
 
@@ -196,43 +196,3 @@ def plot(report, path):
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--annotations", required=True, help="COCO instances json")
-    parser.add_argument("--num-rays", type=int, nargs="+", default=[18, 36, 72])
-    parser.add_argument("--method", nargs="+", choices=["exact", "reference"], default=["exact", "reference"])
-    parser.add_argument("--center", nargs="+", choices=["mass", "box"], default=["mass"])
-    parser.add_argument(
-        "--raster",
-        choices=["center", "reference"],
-        default="center",
-        help="polygon rasterisation: pixel centres inside or on the polygon (default), or the original's "
-        "truncate-and-drawContours rule",
-    )
-    parser.add_argument("--max-instances", type=int, default=None, help="measure only the first N annotations")
-    parser.add_argument("--output", default=None, help="report json path")
-    parser.add_argument("--plot", default=None, help="PNG path for the IoU-vs-rays plot")
-    args = parser.parse_args(argv)
-    if "reference" in args.method and any(360 % n for n in args.num_rays):
-        parser.error("--method reference needs ray counts that divide 360")
-    if any(n < 3 for n in args.num_rays):
-        parser.error("--num-rays: at least 3 rays")
-
-    report = run(args.annotations, args.num_rays, args.method, args.center, args.raster, args.max_instances)
-    print(format_table(report))
-    if args.output:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w") as stream:
-            json.dump(report, stream, indent=2)
-        print(f"report: {args.output}")
-    if args.plot:
-        os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
-        plot(report, args.plot)
-        print(f"plot: {args.plot}")
-    return 0 if report["results"] and report["results"][0]["instances"] else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,13 +1,12 @@
-"""Plots a training run's TensorBoard scalars (the losses and the learning rate) as a PNG.
+"""Training curves: a run's TensorBoard scalars (the losses and the learning rate) as a PNG; the
+command is polarmask-plot-training (cli/plot_training.py).
 
-    python -m polarmask_tf.tools.plot_training --model-dir runs/quickstart --output runs/quickstart/curves.png
+    plot(read_scalars("runs/quickstart"), "runs/quickstart/curves.png", "quickstart")
 """
 
-import argparse
 import collections
 import glob
 import os
-import sys
 
 LOSSES = ("loss/total_loss", "loss/cls_loss", "loss/ray_loss", "loss/box_loss", "loss/centerness_loss")
 
@@ -51,24 +50,3 @@ def plot(scalars, output, title):
     figure.tight_layout()
     figure.savefig(output)
     plt.close(figure)
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model-dir", required=True)
-    parser.add_argument("--output", default=None, help="default: MODEL_DIR/curves.png")
-    parser.add_argument("--title", default=None)
-    args = parser.parse_args(argv)
-    scalars = read_scalars(args.model_dir)
-    if not any(tag in scalars for tag in LOSSES):
-        print(f"error: no loss scalars under {args.model_dir}/train", file=sys.stderr)
-        return 1
-    output = args.output or os.path.join(args.model_dir, "curves.png")
-    plot(scalars, output, args.title or os.path.basename(os.path.normpath(args.model_dir)))
-    total = scalars["loss/total_loss"]
-    print(f"{output}: total loss {total[0][1]:.3f} at step {total[0][0]} -> {total[-1][1]:.3f} at step {total[-1][0]}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

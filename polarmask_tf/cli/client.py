@@ -1,0 +1,91 @@
+"""polarmask-client: sends images to a PolarMask model on TensorFlow Serving (REST) and prints or draws the detections.
+
+    polarmask-client --url http://HOST:8501/v1/models/polarmask --image x.jpg [--image y.png ...] \\
+        [--output overlay.png | --output-dir overlays] [--score-threshold 0.3] [--json detections.json]
+
+Sends one predict request with all images to the serving_default signature
+(polarmask_tf.serving.client), prints each image's detections and, with --output (one image) or
+--output-dir (several), draws them (drawing imports polarmask_tf.visualize, and with it TensorFlow).
+Exit status 1 when an image cannot be read or the server answers with an error.
+"""
+
+import json
+import os
+import sys
+
+from polarmask_tf.cli import common
+
+
+def build_parser():
+    parser = common.parser(__doc__)
+    parser.add_argument("--url", required=True, help="http://HOST:8501/v1/models/NAME[/versions/V]")
+    parser.add_argument("--image", action="append", required=True, help="image file (repeatable: one request)")
+    parser.add_argument("--output", help="overlay PNG (one --image)")
+    parser.add_argument("--output-dir", help="overlays <stem>.png for several images")
+    parser.add_argument("--json", help="write the detections (all, with polygons) as JSON")
+    common.add_score_threshold(parser, 0.3)
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds")
+    return parser
+
+
+def _draw(encoded, found, path, score_threshold):
+    import cv2
+    import numpy as np
+
+    from polarmask_tf import visualize
+
+    image = cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_COLOR)
+    names = {int(c): name for c, name in zip(found["classes"], found["class_names"])}
+    drawn = visualize.draw_detections(image[..., ::-1], found, names, score_threshold=score_threshold)
+    if not cv2.imwrite(path, drawn[..., ::-1]):
+        raise OSError(f"cannot write {path}")
+
+
+def request(args, stream):
+    import numpy as np
+
+    from polarmask_tf.serving import client
+
+    if args.output and len(args.image) > 1:
+        raise common.UsageError("--output takes one --image; use --output-dir for several")
+    try:
+        encoded = []
+        for path in args.image:
+            with open(path, "rb") as file:
+                encoded.append(file.read())
+    except OSError as error:
+        print(f"error: cannot read {error.filename}: {error.strerror}", file=sys.stderr)
+        return 1
+    try:
+        results = client.predict(args.url, encoded, args.timeout)
+    except client.ServingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    for path, data, found in zip(args.image, encoded, results):
+        shown = [i for i, score in enumerate(found["scores"]) if score >= args.score_threshold]
+        print(f"{path}: {len(found['scores'])} detections, {len(shown)} with score >= {args.score_threshold}",
+              file=stream)
+        for i in shown:
+            box = ", ".join(f"{v:.1f}" for v in found["boxes"][i])
+            print(f"  {found['class_names'][i]:<16} {found['scores'][i]:.3f}  box [{box}]", file=stream)
+        target = args.output or (
+            os.path.join(args.output_dir, os.path.splitext(os.path.basename(path))[0] + ".png") if args.output_dir else None
+        )
+        if target:
+            os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+            _draw(data, found, target, args.score_threshold)
+            print(f"  overlay: {target}", file=stream)
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump([{key: (value.tolist() if isinstance(value, np.ndarray) else value) for key, value in found.items()}
+                       | {"image": path} for path, found in zip(args.image, results)], file)
+        print(f"detections: {args.json}", file=stream)
+    return 0
+
+
+def main(argv=None, stream=None):
+    return common.guarded(request, common.parse(build_parser(), argv), stream or sys.stdout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""polarmask-export: exports a trained PolarMask as a SavedModel for TensorFlow Serving.
+
+    polarmask-export --model-dir runs/quickstart --export-dir exports/polarmask [--version 1]
+        [--config C] [--max-detections K] [--score-threshold T] [--input-size S] [--mask-size M]
+
+Writes EXPORT_DIR/VERSION in TF Serving's layout (with warm-up requests in assets.extra/) and an
+example models.config and batching_parameters.txt in EXPORT_DIR. The signatures, outputs and
+padding rules are documented in polarmask_tf/serving/export.py; docs/serving.md shows the docker
+command. The config defaults to config.yaml of the model dir; category ids and names come from
+--label-map, else the model dir's labels.json, else the labels json beside the config's training
+shards. `python export_saved_model.py` is the same command.
+"""
+
+import os
+import sys
+import time
+
+from polarmask_tf.cli import common
+
+
+def build_parser():
+    parser = common.parser(__doc__)
+    common.add_model_source(parser)
+    parser.add_argument("--export-dir", required=True, help="TF Serving model base path; the version goes in a subdirectory")
+    parser.add_argument("--version", type=int, help="version number (default: 1 + the largest existing one)")
+    common.add_config(parser)
+    parser.add_argument("--max-detections", type=int, help="K, detection slots per image (default: postprocess.max_detections)")
+    parser.add_argument("--score-threshold", type=float,
+                        help="class probability threshold (default: postprocess.score_threshold)")
+    parser.add_argument("--input-size", type=int, help="resize images to fit S x S (default: data.image_size)")
+    parser.add_argument("--mask-size", type=int, help="also output box-aligned M x M uint8 masks")
+    parser.add_argument("--max-image-pixels", type=int, help="reject larger images (default: 10000 x 10000)")
+    common.add_label_map(parser)
+    parser.add_argument("--model-name", default="polarmask", help="model name in models.config and the warm-up requests")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing version directory")
+    return parser
+
+
+def _check(args):
+    for name, least in (("version", 1), ("max_detections", 1), ("input_size", 32), ("mask_size", 1),
+                        ("max_image_pixels", 1)):
+        value = getattr(args, name)
+        if value is not None and value < least:
+            raise common.UsageError(f"--{name.replace('_', '-')} must be at least {least}, got {value}")
+
+
+def export_model(args, stream):
+    _check(args)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from polarmask_tf import inference
+    from polarmask_tf.serving import export
+
+    config = export.inference_config(common.load_model_config(args), args.max_detections, args.score_threshold,
+                                     args.input_size)
+    label_map = common.label_map(args, config)
+    model = inference.load_model(config, common.model_source(args))
+    start = time.perf_counter()
+    path = export.export(config, model, label_map, args.export_dir, args.version, args.mask_size,
+                         args.max_image_pixels or export.DEFAULT_MAX_IMAGE_PIXELS, args.model_name, args.overwrite)
+    seconds = time.perf_counter() - start
+    print(f"exported {path} in {seconds:.1f} s, {export.size_on_disk(path) / 2**20:.1f} MiB", file=stream)
+    print("  serving_default: image_bytes string [B]; serve_images: images uint8 [B, H, W, 3]", file=stream)
+    outputs = export.OUTPUT_KEYS + (("detection_masks",) if args.mask_size else ())
+    print(f"  outputs: {', '.join(outputs)} (K = {config.postprocess.max_detections}, "
+          f"N = {config.polar.num_rays} rays)", file=stream)
+    print(f"  categories: {', '.join(c.name for c in label_map.categories)}", file=stream)
+    print(f"  TF Serving configs: {os.path.join(args.export_dir, 'models.config')}, "
+          f"{os.path.join(args.export_dir, 'batching_parameters.txt')}", file=stream)
+    return 0
+
+
+def main(argv=None, stream=None):
+    return common.guarded(export_model, common.parse(build_parser(), argv), stream or sys.stdout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

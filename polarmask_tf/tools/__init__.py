@@ -1,1 +1,0 @@
-"""Command-line tools (`python -m polarmask_tf.tools.<name>`)."""
