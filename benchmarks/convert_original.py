@@ -31,11 +31,13 @@ import torch  # noqa: E402
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-import original_torch  # noqa: E402
 from timing import median_seconds  # noqa: E402
 
-from polarmask_tf import config as cfg, inference  # noqa: E402
+from polarmask_tf import config as cfg  # noqa: E402
+from polarmask_tf import inference  # noqa: E402
 from polarmask_tf.conversion import convert as convert_original  # noqa: E402
+
+import original_torch  # noqa: E402
 
 
 def main():
@@ -93,7 +95,8 @@ def main():
     print()
     print("| measurement | median | ratio |")
     print("|---|---|---|")
-    print(f"| conversion (read, check, build, assign, write model dir), {args.repeats} runs | {statistics.median(seconds):.1f} s | |")
+    print(f"| conversion (read, check, build, assign, write model dir), {args.repeats} runs | "
+          f"{statistics.median(seconds):.1f} s | |")
     print(f"| forward {height}x{width}, batch 1, PyTorch original (baseline) | {torch_median:.2f} s | 1.00 |")
     print(f"| forward {height}x{width}, batch 1, converted Keras model | {keras_median:.2f} s | "
           f"{keras_median / torch_median:.2f} |")

@@ -25,15 +25,15 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from polarmask_tf import config as cfg  # noqa: E402
-from polarmask_tf.data import augment, pipeline, reference_targets, targets, tfrecord  # noqa: E402
+from polarmask_tf.data import augment, pipeline, records_writer, reference_targets, targets, tfrecord  # noqa: E402
 from polarmask_tf.modeling import preprocessing  # noqa: E402
-from polarmask_tf.data import records_writer  # noqa: E402
 
 SHARED = pathlib.Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 TRAIN_POOL = [
     ("coco128", SHARED / "coco128/annotations/instances_train2017.json", SHARED / "coco128/train2017"),
     ("coco_mini", SHARED / "coco_mini/annotations/instances_train2017.json", SHARED / "coco_mini/train2017"),
-    ("tiny_coco", SHARED / "tiny_coco/tiny_coco/annotations/instances_train2017.json", SHARED / "tiny_coco/tiny_coco/train2017"),
+    ("tiny_coco", SHARED / "tiny_coco/tiny_coco/annotations/instances_train2017.json",
+     SHARED / "tiny_coco/tiny_coco/train2017"),
 ]
 SETTINGS = [("512 max side", (512, 512)), ("1333x800", (800, 1333))]
 
@@ -78,7 +78,7 @@ def prepared_instances(config, count):
         valid = instances.labels.numpy() > 0
         polygons = instances.polygons.numpy()[valid]
         masks = np.zeros((int(valid.sum()),) + padded, np.uint8)
-        for mask, polygon in zip(masks, polygons):
+        for mask, polygon in zip(masks, polygons, strict=True):
             cv2.fillPoly(mask, [np.round(polygon).astype(np.int32)], 1)
         prepared.append((instances, masks, instances.labels.numpy()[valid]))
     return prepared
@@ -90,11 +90,12 @@ def encoding_table(config, count, repeats):
     polar = config.polar
 
     def ours(jit):
-        fn = tf.function(lambda l, b, c, p: targets.encode_targets(l, b, c, p, padded, polar), jit_compile=jit)
+        fn = tf.function(lambda labels, boxes, centers, polygons: targets.encode_targets(
+            labels, boxes, centers, polygons, padded, polar), jit_compile=jit)
         return lambda: [fn(i.labels, i.boxes, i.centers, i.polygons)["rays"].numpy() for i, _, _ in prepared]
 
     def original():
-        return [reference_targets.original_targets(m, l, padded) for _, m, l in prepared if len(l)]
+        return [reference_targets.original_targets(m, labels, padded) for _, m, labels in prepared if len(labels)]
 
     rows = []
     for name, run in [("original's way (numpy/OpenCV, per image)", original), ("ours, tf.function", ours(False)),
@@ -121,7 +122,8 @@ def main():
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory() as directory:
         images, seconds = convert_pool(directory)
-        print(f"\nTFRecord conversion of the train pool: {images} images in {seconds:.1f} s ({images / seconds:.1f} images/s)")
+        print(f"\nTFRecord conversion of the train pool: {images} images in {seconds:.1f} s "
+              f"({images / seconds:.1f} images/s)")
         base = ["model.backbone=mobilenet_v2", f"data.train_files={directory}/*-train-*.tfrecord", "data.batch_size=4"]
         print(f"\nWhole pipeline, batch 4, median of {args.repeats} x {args.batches} batches")
         print(f"{'setting':<14} {'padded':>11} {'images/s':>9}")

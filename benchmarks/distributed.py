@@ -24,8 +24,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from timing import median_seconds  # noqa: E402
 
 from polarmask_tf import config as cfg  # noqa: E402
-from polarmask_tf.data import synthetic  # noqa: E402
-from polarmask_tf.data import records_writer  # noqa: E402
+from polarmask_tf.data import records_writer, synthetic  # noqa: E402
 from polarmask_tf.training import distribute, loop  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -59,7 +58,8 @@ def main():
             strategy = distribute.make_strategy(name, 2)
             trainer = loop.Trainer(config, os.path.join(work, name), strategy)
             seconds = median_seconds(
-                lambda: trainer.train(total_steps=trainer.step + args.steps, stream=quiet), 1, args.repeats
+                lambda trainer=trainer: trainer.train(total_steps=trainer.step + args.steps, stream=quiet), 1,
+                args.repeats,
             ) / args.steps
             baseline = baseline or seconds
             replicas = strategy.num_replicas_in_sync

@@ -49,7 +49,8 @@ def ray_casting_table(repeats, num_vertices=300, num_origins=100, num_rays=36):
     graph = tf.function(lambda p, o: geometry.ray_distances(p, o, num_rays))
     xla = tf.function(lambda p, o: geometry.ray_distances(p, o, num_rays), jit_compile=True)
     variants = [
-        ("reference rule (numpy, baseline)", lambda: geometry.ray_distances(polygon, origins, num_rays, method="reference")),
+        ("reference rule (numpy, baseline)",
+         lambda: geometry.ray_distances(polygon, origins, num_rays, method="reference")),
         ("exact, eager", lambda: geometry.ray_distances(poly_t, origins_t, num_rays).numpy()),
         ("exact, tf.function", lambda: graph(poly_t, origins_t).numpy()),
         ("exact, tf.function + XLA", lambda: xla(poly_t, origins_t).numpy()),

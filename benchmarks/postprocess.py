@@ -28,7 +28,8 @@ from timing import median_seconds  # noqa: E402
 
 from polarmask_tf import config as cfg  # noqa: E402
 from polarmask_tf import postprocess as pp  # noqa: E402
-from polarmask_tf.modeling import model as modeling, pyramid  # noqa: E402
+from polarmask_tf.modeling import model as modeling  # noqa: E402
+from polarmask_tf.modeling import pyramid  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "polarmask_mnv2_coco_subset.yaml"
@@ -65,7 +66,8 @@ def measure(model, config, batch, steps, repeats):
             fn = tf.function(post, jit_compile=jit)
             result = fn(inputs, resized_size, scale)
             results[(load, jit)] = median_seconds(
-                lambda: fn(inputs, resized_size, scale)["num_detections"].numpy(), steps, repeats) / batch
+                lambda fn=fn, inputs=inputs: fn(inputs, resized_size, scale)["num_detections"].numpy(), steps,
+                repeats) / batch
             results[(load, "candidates")] = int(tf.reduce_mean(result["num_candidates"]))
             results[(load, "detections")] = float(tf.reduce_mean(tf.cast(result["num_detections"], tf.float32)))
     return results

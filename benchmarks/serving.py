@@ -31,8 +31,8 @@ from timing import median_seconds  # noqa: E402
 
 from polarmask_tf import config as cfg  # noqa: E402
 from polarmask_tf.data import coco, synthetic  # noqa: E402
-from polarmask_tf.modeling import preprocessing  # noqa: E402
 from polarmask_tf.modeling import model as modeling  # noqa: E402
+from polarmask_tf.modeling import preprocessing  # noqa: E402
 from polarmask_tf.serving import export  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -65,11 +65,13 @@ def measure(name, batches, images, repeats, workdir):
     jpegs = _jpegs(max(batches))
     rows = []
     for batch in batches:
-        inputs = tf.stack([preprocessing.preprocess_image(tf.io.decode_jpeg(data), config)[0] for data in jpegs[:batch]])
+        inputs = tf.stack([preprocessing.preprocess_image(tf.io.decode_jpeg(data), config)[0]
+                           for data in jpegs[:batch]])
         request = tf.constant(jpegs[:batch])
         calls = max(1, images // batch)
-        raw = median_seconds(lambda: forward(inputs)["rays"].numpy(), calls, repeats) / batch
-        full = median_seconds(lambda: served(image_bytes=request)["num_detections"].numpy(), calls, repeats) / batch
+        raw = median_seconds(lambda inputs=inputs: forward(inputs)["rays"].numpy(), calls, repeats) / batch
+        full = median_seconds(lambda request=request: served(image_bytes=request)["num_detections"].numpy(), calls,
+                              repeats) / batch
         rows.append((batch, raw, full))
     return export_seconds, export.size_on_disk(version) / 2**20, rows
 
@@ -83,7 +85,8 @@ def main():
     args = parser.parse_args()
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs; median of {args.repeats} repeats of "
           f"{args.images} images; ms per image")
-    print(f"{'model':<13} {'input':>7} {'export s':>9} {'MiB':>6} {'batch':>5} {'forward':>9} {'export':>9} {'ratio':>6}")
+    print(f"{'model':<13} {'input':>7} {'export s':>9} {'MiB':>6} "
+          f"{'batch':>5} {'forward':>9} {'export':>9} {'ratio':>6}")
     workdir = tempfile.mkdtemp(prefix="serving-bench-")
     try:
         for name in args.models:

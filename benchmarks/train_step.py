@@ -36,6 +36,23 @@ MODELS = [
 FPN_OUTPUTS = ("fpn_output_p3", "fpn_output_p4", "fpn_output_p5", "fpn_p6", "fpn_p7")
 
 
+def _train_step(trainer, images, targets):
+    """One training step of `trainer` on a fixed batch, as a tf.function."""
+    return tf.function(lambda: trainer.strategy.run(trainer._replica_step, (images, targets)))
+
+
+def _trunk_step(trunk, images):
+    """Forward and backward pass of the trunk (backbone + FPN) alone on a fixed batch, as a tf.function."""
+
+    @tf.function
+    def trunk_step():
+        with tf.GradientTape() as tape:
+            loss = tf.add_n([tf.reduce_mean(f) for f in trunk(images, training=True)])
+        return tape.gradient(loss, trunk.trainable_variables)[0]
+
+    return trunk_step
+
+
 def measure(name, config_file, batch_size, overrides, records, steps, repeats):
     base = [f"data.train_files={records}/*-train-*.tfrecord", f"data.batch_size={batch_size}",
             "data.image_size=[512, 512]", "data.scale_range=null", "train.mixed_precision=null"] + overrides
@@ -45,19 +62,13 @@ def measure(name, config_file, batch_size, overrides, records, steps, repeats):
         with tempfile.TemporaryDirectory() as model_dir:
             trainer = loop.Trainer(config, model_dir)
             images, targets = next(iter(pipeline.build_dataset(config, training=True)))
-            step = tf.function(lambda: trainer.strategy.run(trainer._replica_step, (images, targets)))
-            results[jit] = median_seconds(lambda: step()["total_loss"].numpy(), steps, repeats)
+            step = _train_step(trainer, images, targets)
+            results[jit] = median_seconds(lambda step=step: step()["total_loss"].numpy(), steps, repeats)
             if jit:
                 model = trainer.model
                 trunk = keras.Model(model.input, [model.get_layer(n).output for n in FPN_OUTPUTS])
-
-                @tf.function
-                def trunk_step():
-                    with tf.GradientTape() as tape:
-                        loss = tf.add_n([tf.reduce_mean(f) for f in trunk(images, training=True)])
-                    return tape.gradient(loss, trunk.trainable_variables)[0]
-
-                results["trunk"] = median_seconds(lambda: trunk_step().numpy(), steps, repeats)
+                trunk_step = _trunk_step(trunk, images)
+                results["trunk"] = median_seconds(lambda trunk_step=trunk_step: trunk_step().numpy(), steps, repeats)
     return results
 
 

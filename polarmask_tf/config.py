@@ -223,7 +223,7 @@ def _convert(value, tp, key):
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
                 raise ConfigError(f"{key}: expected {len(args)} items, got {len(value)}")
-            return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+            return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
         item = args[0] if args else typing.Any
         items = [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
@@ -250,7 +250,8 @@ def _from_dict(cls, data, prefix=""):
         if name not in hints:
             where = f"{prefix}.{name}" if prefix else name
             raise ConfigError(f"unknown key {where!r}; {cls.__name__} has: {', '.join(names)}")
-    values = {name: _convert(value, hints[name], f"{prefix}.{name}" if prefix else name) for name, value in data.items()}
+    values = {name: _convert(value, hints[name], f"{prefix}.{name}" if prefix else name)
+              for name, value in data.items()}
     return cls(**values)
 
 
@@ -292,7 +293,8 @@ def _problems(config):
         yield "polar.num_rays", (f"{polar.num_rays} is odd, but horizontal flips (data.hflip_prob={data.hflip_prob}) "
                                  "map ray k to ray N/2 - k: use an even count or data.hflip_prob=0")
     if len(polar.regress_ranges) != levels:
-        yield "polar.regress_ranges", f"needs one (low, high) per level P3..P7 ({levels}), got {len(polar.regress_ranges)}"
+        yield "polar.regress_ranges", (f"needs one (low, high) per level P3..P7 ({levels}), "
+                                       f"got {len(polar.regress_ranges)}")
     else:
         for i, (low, high) in enumerate(polar.regress_ranges):
             if not low < high:

@@ -124,7 +124,7 @@ def polygons_to_rles(polygons, height, width):
     windows, masks = rasterize_windows(polygons, height, width)
     canvas = np.zeros((height, width, 1), np.uint8, order="F")
     rles = []
-    for (x0, y0, x1, y1), mask in zip(windows, masks):
+    for (x0, y0, x1, y1), mask in zip(windows, masks, strict=True):
         canvas[y0:y1, x0:x1, 0] = mask
         rle = coco_mask.encode(canvas)[0]
         canvas[y0:y1, x0:x1, 0] = 0
@@ -170,7 +170,7 @@ def detections_to_coco(image_id, detections, label_map, height, width):
             "score": float(scores[i]),
             "segmentation": rle,
         }
-        for i, rle in zip(keep, rles)
+        for i, rle in zip(keep, rles, strict=True)
     ]
 
 
@@ -230,7 +230,9 @@ def evaluate_results(coco_gt, results, image_ids=None):
             evaluator.evaluate()
             evaluator.accumulate()
             evaluator.summarize()
-        metrics[iou_type] = {name: (float(v) if v > -1 else None) for name, v in zip(METRIC_NAMES, evaluator.stats)}
+        # strict=False: COCOeval has 12 stats; METRIC_NAMES names the first six.
+        metrics[iou_type] = {name: (float(v) if v > -1 else None)
+                             for name, v in zip(METRIC_NAMES, evaluator.stats, strict=False)}
         precision = evaluator.eval["precision"]  # [iou thresholds, recall, categories, areas, max dets]
         metrics["per_category"][iou_type] = {
             names[category_id]: _mean_valid(precision[:, :, k, 0, -1])
@@ -368,7 +370,7 @@ class Evaluator:
             loaded = [(image, pixels) for image, pixels in loaded if pixels is not None]
             if loaded:
                 detections = predictor.predict([pixels for _, pixels in loaded])
-                for (image, pixels), found in zip(loaded, detections):
+                for (image, pixels), found in zip(loaded, detections, strict=True):
                     results += detections_to_coco(image["id"], found, self.label_map, *pixels.shape[:2])
                     evaluated.append(image["id"])
             bar.update(len(batch), detections=len(results))

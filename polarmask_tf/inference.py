@@ -12,7 +12,8 @@ import os
 
 import tensorflow as tf
 
-from polarmask_tf import config as cfg, postprocess as postprocess_lib
+from polarmask_tf import config as cfg
+from polarmask_tf import postprocess as postprocess_lib
 from polarmask_tf.modeling import preprocessing
 from polarmask_tf.modeling.model import build_model
 
@@ -109,8 +110,9 @@ class Predictor:
         """Detections for a list of RGB uint8 images [h, w, 3]: a list of dicts of numpy arrays."""
         results = []
         for start in range(0, len(images), self.batch_size):
-            prepared = [self._preprocess(tf.convert_to_tensor(image)) for image in images[start : start + self.batch_size]]
-            inputs, sizes, scales = (tf.stack(parts) for parts in zip(*prepared))
+            prepared = [self._preprocess(tf.convert_to_tensor(image))
+                        for image in images[start : start + self.batch_size]]
+            inputs, sizes, scales = (tf.stack(parts) for parts in zip(*prepared, strict=True))
             batch = {k: v.numpy() for k, v in self._run(inputs, sizes, scales).items()}
             for i in range(len(prepared)):
                 n = int(batch["num_detections"][i])

@@ -70,7 +70,7 @@ def all_reduce_normalizers(normalizers):
         raise RuntimeError("all_reduce_normalizers must run in a replica context (inside strategy.run)")
     keys = sorted(normalizers)
     reduced = context.all_reduce(tf.distribute.ReduceOp.SUM, [normalizers[k] for k in keys])
-    return dict(zip(keys, reduced))
+    return dict(zip(keys, reduced, strict=True))
 
 
 def sigmoid_focal_loss(logits, labels, normalizer, alpha=0.25, gamma=2.0):

@@ -36,7 +36,8 @@ def _load_coco(path):
         raise ValueError(f"cannot read annotations {path}: {error.strerror}") from None
     except json.JSONDecodeError as error:
         raise ValueError(f"{path} is not valid JSON: {error}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(data.get("annotations"), list):
+    if (not isinstance(data, dict) or not isinstance(data.get("images"), list)
+            or not isinstance(data.get("annotations"), list)):
         raise ValueError(f"{path} is not a COCO instances file (needs 'images' and 'annotations' lists)")
     return data
 
@@ -66,7 +67,7 @@ def instance_ious(mask, num_rays, methods, centers, raster="center"):
         for n in num_rays:
             rays = geometry.ray_distances(contour, origins, n, method=method)
             polygons = geometry.rays_to_polygon(origins, rays, (height, width)).numpy()  # [C, n, 2]
-            for center, iou in zip(centers, _polygon_mask_ious(polygons, mask, raster)):
+            for center, iou in zip(centers, _polygon_mask_ious(polygons, mask, raster), strict=True):
                 ious[(method, center, n)] = iou
     return ious
 

@@ -150,7 +150,7 @@ def place_labels(anchor_boxes, label_sizes, image_shape):
     height, width = (int(v) for v in image_shape[:2])
     positions = np.zeros((len(boxes), 2), np.int32)
     placed = np.zeros((0, 4), np.int64)  # x1, y1, x2, y2 of the labels so far, x2 and y2 exclusive
-    for i, ((left, top, right, bottom), (w, h)) in enumerate(zip(boxes, sizes)):
+    for i, ((left, top, right, bottom), (w, h)) in enumerate(zip(boxes, sizes, strict=True)):
         x_max, y_max = max(width - w, 0), max(height - h, 0)
         near = np.array([(left, top - h), (left, top), (right - w, top - h), (left, bottom),
                          (left, bottom - h), (right - w, top), (right - w, bottom), (right - w, bottom - h)])
@@ -353,12 +353,12 @@ def draw_targets(image_input, targets, config, max_polygons=None, draw_rays=True
     corners = [points[positive] - boxes[positive, :2], points[positive] + boxes[positive, 2:]]
     instance_boxes = np.round(np.concatenate(corners, axis=1), 2)
     best = {}
-    for index, key in zip(positive, map(tuple, instance_boxes)):
+    for index, key in zip(positive, map(tuple, instance_boxes), strict=True):
         if key not in best or centerness[index] > centerness[best[key]]:
             best[key] = index
     chosen = sorted(best.values(), key=lambda i: -centerness[i])[:max_polygons]
     polygons = geometry.rays_to_polygon(points[chosen], rays[chosen]).numpy() if chosen else np.zeros((0, 0, 2))
-    for index, polygon in zip(chosen, polygons):
+    for index, polygon in zip(chosen, polygons, strict=True):
         paint = colour(int(labels[index]))
         cv2.polylines(canvas, [_points(polygon)], True, paint, 1, cv2.LINE_AA, shift=_SHIFT)
         if draw_rays:

@@ -60,8 +60,7 @@ def shared_path(*parts):
 def synthetic_train_records(root, num_images, seed, min_size, max_size, num_shards):
     """A synthetic dataset under ROOT/synthetic (all train) as TFRecord shards ROOT/records/train-*;
     returns ROOT/records."""
-    from polarmask_tf.data import synthetic
-    from polarmask_tf.data import records_writer
+    from polarmask_tf.data import records_writer, synthetic
 
     synthetic.generate_dataset(root / "synthetic", num_images=num_images, seed=seed, val_fraction=0.0,
                                min_size=min_size, max_size=max_size)

@@ -91,7 +91,7 @@ class FPN(nn.Module):
                                        + [ConvModule(256, 256, 3, stride=2) for _ in range(2)])
 
     def forward(self, features):
-        laterals = [conv(c) for conv, c in zip(self.lateral_convs, features)]
+        laterals = [conv(c) for conv, c in zip(self.lateral_convs, features, strict=True)]
         for i in (2, 1):
             laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], scale_factor=2, mode="nearest")
         outs = [self.fpn_convs[i](laterals[i]) for i in range(3)]
@@ -249,7 +249,7 @@ def original_detections(levels, image_shape, scale, prefix, nms_pre=1000, score_
     height, width = image_shape
     sy, sx = scale
     all_boxes, all_probs, all_ctr, all_contours = [], [], [], []
-    for stride, level in zip(STRIDES, levels):
+    for stride, level in zip(STRIDES, levels, strict=True):
         h, w = level["cls"].shape[1:3]
         ys, xs = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
         x = (xs * stride + stride // 2).reshape(-1).astype(np.float32)

@@ -59,7 +59,8 @@ def _encode(array_bgr, extension):
         ('{"images": [], "annotations": [{"id": 1, "image_id": 1}], "categories": []}', "key 'category_id' is missing"),
         ('{"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}, {"id": 1, "name": "b"}]}',
          "repeated: [1]"),
-        ('{"images": [{"id": 1, "file_name": "a.jpg", "height": "x"}], "annotations": [], "categories": []}', "height='x'"),
+        ('{"images": [{"id": 1, "file_name": "a.jpg", "height": "x"}], "annotations": [], "categories": []}',
+         "height='x'"),
     ],
 )
 def test_a_json_that_is_not_coco_instances_is_an_error_naming_the_file(tmp_path, content, message):
@@ -132,7 +133,8 @@ def test_rgb_and_grayscale_jpegs_are_kept_as_they_are():
     for pixels, expected in [(rgb[..., ::-1], rgb), (rgb[..., 0], np.repeat(rgb[..., :1], 3, axis=-1))]:
         data = _encode(pixels, ".jpg")
         image = coco.prepare_image_bytes(data)
-        assert (image.encoded, image.format, image.height, image.width, image.converted_from) == (data, "jpeg", 24, 32, None)
+        assert ((image.encoded, image.format, image.height, image.width, image.converted_from)
+                == (data, "jpeg", 24, 32, None))
         assert np.abs(_tf_rgb(image.encoded).astype(int) - expected).max() <= 12  # JPEG loss (chroma subsampling)
 
 
@@ -310,7 +312,8 @@ def test_an_asymmetric_self_intersecting_polygon_is_kept_as_given():
 
 
 def test_degenerate_parts_are_dropped_from_an_otherwise_valid_instance():
-    parts = [[1.0, 2.0, 3.0, 4.0], SQUARE, [200.5, 10.5, 300.5, 10.5, 300.5, 30.5], [5.5, 5.5, 6.5, float("nan"), 7.5, 5.5]]
+    parts = [[1.0, 2.0, 3.0, 4.0], SQUARE, [200.5, 10.5, 300.5, 10.5, 300.5, 30.5],
+             [5.5, 5.5, 6.5, float("nan"), 7.5, 5.5]]
     instances, skips = _instances(_annotation(9, parts))
     assert len(instances["polygons"]) == 1 and len(instances["polygons"][0]) == 1
     np.testing.assert_allclose(instances["boxes"], [[10, 10, 30, 30]])

@@ -97,16 +97,20 @@ def test_dump_and_reload_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["polar.regress_ranges=[[-1, 64], [64, 128]]"], r"polar.regress_ranges: needs one \(low, high\) per level P3..P7 \(5\), got 2"),
+    (["polar.regress_ranges=[[-1, 64], [64, 128]]"],
+     r"polar.regress_ranges: needs one \(low, high\) per level P3..P7 \(5\), got 2"),
     (["polar.regress_ranges=[[-1, 64], [64, 32], [128, 256], [256, 512], [512, 1e8]]"],
      r"polar.regress_ranges\[1\]: low 64.0 must be below high 32.0"),
     (["polar.regress_ranges=[[-1, 64], [128, 256], [64, 128], [256, 512], [512, 1e8]]"], r"must rise from P3 to P7"),
     (["data.size_divisor=96"], r"data.size_divisor: must be a multiple of 128"),
-    (["model.head_channels=48", "model.group_norm_groups=32"], r"model.head_channels: 48 is not divisible by model.group_norm_groups=32"),
+    (["model.head_channels=48", "model.group_norm_groups=32"],
+     r"model.head_channels: 48 is not divisible by model.group_norm_groups=32"),
     (["polar.num_rays=35"], r"polar.num_rays: 35 is odd, but horizontal flips"),
     (["polar.num_rays=2"], r"polar.num_rays: needs at least 3 rays"),
-    (["model.backbone=tiny", "model.backbone_weights=imagenet"], r"model.backbone_weights: backbone 'tiny' has no pretrained"),
-    (["model.backbone=resnext101_64x4d", "model.backbone_weights=imagenet"], r"keras.applications has no ImageNet ResNeXt"),
+    (["model.backbone=tiny", "model.backbone_weights=imagenet"],
+     r"model.backbone_weights: backbone 'tiny' has no pretrained"),
+    (["model.backbone=resnext101_64x4d", "model.backbone_weights=imagenet"],
+     r"keras.applications has no ImageNet ResNeXt"),
     (["model.prior_prob=1.0"], r"model.prior_prob: must lie in \(0, 1\)"),
     (["data.scale_range=[1.2, 0.8]"], r"data.scale_range: needs 0 < low <= high"),
     (["data.hflip_prob=1.5"], r"data.hflip_prob: must lie in \[0, 1\]"),
@@ -129,7 +133,8 @@ def test_a_bad_value_in_a_file_names_the_file_and_the_key(tmp_path):
     path.write_text("data:\n  size_divisor: 64\nmodel:\n  prior_prob: 0\n")
     with pytest.raises(cfg.ConfigError, match=r"bad.yaml: .*model.prior_prob: must lie in \(0, 1\).*data.size_divisor"):
         cfg.load_config(path)
-    with pytest.raises(cfg.ConfigError, match=r"quickstart.yaml with overrides \['data.size_divisor=64'\]: data.size_divisor"):
+    with pytest.raises(cfg.ConfigError,
+                       match=r"quickstart.yaml with overrides \['data.size_divisor=64'\]: data.size_divisor"):
         cfg.load_config(CONFIGS / "quickstart.yaml", ["data.size_divisor=64"])
 
 

@@ -16,17 +16,19 @@ import pytest
 torch = pytest.importorskip("torch", reason="the converter tests need PyTorch: pip install -e '.[convert]'")
 
 import keras  # noqa: E402
-import original_torch  # noqa: E402  (needs torch)
 import tensorflow as tf  # noqa: E402
 
-from conftest import SHARED_DIR, synthetic_train_records  # noqa: E402
-from polarmask_tf import config as cfg, inference  # noqa: E402
+from polarmask_tf import config as cfg  # noqa: E402
+from polarmask_tf import inference  # noqa: E402
+from polarmask_tf.cli import convert_original as convert_command  # noqa: E402
 from polarmask_tf.conversion import ConversionError, layout, settings  # noqa: E402
+from polarmask_tf.conversion import convert as convert_original  # noqa: E402
 from polarmask_tf.data import synthetic  # noqa: E402
 from polarmask_tf.modeling import preprocessing  # noqa: E402
-from polarmask_tf.cli import convert_original as convert_command  # noqa: E402
-from polarmask_tf.conversion import convert as convert_original  # noqa: E402
 from polarmask_tf.training import loop  # noqa: E402
+
+import original_torch  # noqa: E402  (needs torch)
+from conftest import SHARED_DIR, synthetic_train_records  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 R50_SIZE = "data.image_size=[256,384]"
@@ -155,7 +157,7 @@ def test_r50_parameter_count_and_zero_backbone_biases(r50):
     net, _, _, model, report = r50
     assert report["original_parameters"] == sum(p.numel() for p in net.parameters()) == 34_739_651
     backbone = model.get_layer("backbone_resnet50")
-    biases = [l.bias for l in backbone.layers if isinstance(l, keras.layers.Conv2D) and l.use_bias]
+    biases = [layer.bias for layer in backbone.layers if isinstance(layer, keras.layers.Conv2D) and layer.use_bias]
     assert len(biases) == 53 and not any(np.any(b.numpy()) for b in biases)
     statistics = sum(int(np.prod(v.shape)) for v in model.weights if "moving_" in v.path)
     extra = statistics + sum(int(np.prod(b.shape)) for b in biases)
@@ -168,7 +170,8 @@ def test_r50_config_labels_and_report(r50):
     assert config.data.image_size == (256, 384)  # the --set override; the default is (768, 1280)
     assert config.polar.grid == "original"
     post = config.postprocess
-    assert (post.score_threshold, post.nms_iou_threshold, post.max_detections, post.pre_nms_top_k) == (0.05, 0.5, 100, 1000)
+    assert ((post.score_threshold, post.nms_iou_threshold, post.max_detections, post.pre_nms_top_k)
+            == (0.05, 0.5, 100, 1000))
     assert post.nms_plus_one and post.rescale == "original" and post.box_source == "box_branch"
     from polarmask_tf.data import coco
 
@@ -258,8 +261,10 @@ work_dir = './work_dirs/' + __import__('os').getcwd()
 
 
 def test_meta_config_is_read_without_running_it():
-    found = settings.read_settings({"config": MMDET_CONFIG, "CLASSES": tuple(n.replace(" ", "_") for _, n in settings.COCO_CATEGORIES)})
-    assert (found.head_prefix, found.backbone, found.test_scale, found.keep_ratio) == ("polar", "resnet50", (1333, 800), False)
+    found = settings.read_settings({"config": MMDET_CONFIG,
+                                    "CLASSES": tuple(n.replace(" ", "_") for _, n in settings.COCO_CATEGORIES)})
+    assert ((found.head_prefix, found.backbone, found.test_scale, found.keep_ratio)
+            == ("polar", "resnet50", (1333, 800), False))
     assert (found.normalization, found.score_threshold, found.nms_iou_threshold) == ("caffe_detectron", 0.05, 0.5)
     config = settings.converted_config(layout.Layout("resnet50", "polar", 80, 36), found)
     assert config.data.image_size == (800, 1333) and config.data.resize == "stretch"
@@ -380,7 +385,8 @@ def test_fine_tuning_a_converted_model_on_synthetic_classes(r50, tmp_path):
     _, root, _, converted, _ = r50
     records = synthetic_train_records(tmp_path, num_images=8, seed=5, min_size=120, max_size=160, num_shards=1)
     config = cfg.load_config(str(root / "model" / "config.yaml"), [
-        f"data.train_files={records}/train-*.tfrecord", "model.num_classes=7", f"train.init_checkpoint={root / 'model'}",
+        f"data.train_files={records}/train-*.tfrecord", "model.num_classes=7",
+        f"train.init_checkpoint={root / 'model'}",
         "data.image_size=[128,128]", "data.batch_size=2", "data.shuffle_buffer=8", "train.total_steps=3",
         "train.warmup_steps=1", "train.base_learning_rate=0.002", "train.log_every=1", "train.checkpoint_every=100",
     ])

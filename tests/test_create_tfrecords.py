@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import shared_path
-from polarmask_tf.data import coco, synthetic, tfrecord
 from polarmask_tf.cli import create_tfrecords as create_command
-from polarmask_tf.data import records_writer
+from polarmask_tf.data import coco, records_writer, synthetic, tfrecord
+
+from conftest import shared_path
 
 try:
     from PIL import Image
@@ -74,7 +74,7 @@ def _check_round_trip(data, records, min_area=coco.DEFAULT_MIN_AREA):
             expected = _expected_parts(annotation["segmentation"], image["height"], image["width"])
             stored = tfrecord.instance_parts(parsed, index)
             assert len(stored) == len(expected), annotation["id"]
-            for got, want in zip(stored, expected):
+            for got, want in zip(stored, expected, strict=True):
                 np.testing.assert_allclose(got, want, atol=1e-3, err_msg=str(annotation["id"]))
             everything = np.concatenate(expected)
             box = np.concatenate([everything.min(axis=0), everything.max(axis=0)])
@@ -157,7 +157,7 @@ def test_worker_processes_write_the_same_shards_as_the_main_process(synthetic_da
     assert create_command.main(argv + ["--num-shards", "3", "--num-workers", "2"]) == 0
     pooled = records_writer.shard_paths(prefix, 3)
     # Compared parsed: Example bytes order the feature map by string hash, which varies by process.
-    for a, b in zip(in_process["shards"], pooled):
+    for a, b in zip(in_process["shards"], pooled, strict=True):
         records_a, records_b = _read_shards([a]), _read_shards([b])
         assert list(records_a) == list(records_b)
         for image_id, parsed in records_a.items():
@@ -362,7 +362,8 @@ def test_a_failure_midway_leaves_no_partial_shard(synthetic_data, tmp_path, monk
 
     monkeypatch.setattr(coco, "image_record", failing)
     with pytest.raises(type(error)):
-        _convert(tmp_path, synthetic_data / "annotations" / "instances_train.json", synthetic_data / "train", num_shards=2)
+        _convert(tmp_path, synthetic_data / "annotations" / "instances_train.json", synthetic_data / "train",
+                 num_shards=2)
     assert sorted(os.listdir(out)) == ["train-00000-of-00002.tfrecord"]
     assert old_shard.read_bytes() == b"previous run"
 
@@ -403,7 +404,8 @@ def test_a_given_label_map_is_reused_and_other_categories_are_skipped(synthetic_
         progress_stream=io.StringIO(), label_map_path=str(path),
     )
     records = _read_shards(report["shards"])
-    pairs = {(int(l), int(c)) for p in records.values() for l, c in zip(p["labels"].numpy(), p["category_ids"].numpy())}
+    pairs = {(int(label), int(category_id)) for p in records.values()
+             for label, category_id in zip(p["labels"].numpy(), p["category_ids"].numpy(), strict=True)}
     assert pairs <= {(1, 2), (2, 5)} and pairs
     others = sum(a["category_id"] not in (2, 5) for a in data["annotations"])
     assert report["annotations"]["skipped"]["counts"] == {"unknown_category": others}

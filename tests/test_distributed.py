@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import synthetic_train_records
 from polarmask_tf.training import distribute
+
+from conftest import synthetic_train_records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "quickstart.yaml")
@@ -64,7 +65,7 @@ def _start(commands, tmp_path, tag):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     logs = [open(tmp_path / f"{tag}-{i}.log", "w+") for i in range(len(commands))]
     return [subprocess.Popen(c, stdout=log, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
-            for c, log in zip(commands, logs)], logs
+            for c, log in zip(commands, logs, strict=True)], logs
 
 
 def _finish(processes, logs, timeout=300):
@@ -162,7 +163,8 @@ def test_two_workers_on_loopback_train_to_identical_weights_and_only_the_chief_w
     processes, logs = _start(_worker_commands(records, model_dir, scratch, "train.total_steps=5"), tmp_path, "w")
     codes, outputs = _finish(processes, logs)
     assert codes == [0, 0], outputs
-    digests = [line.rsplit("weights ", 1)[1] for out in outputs for line in out.splitlines() if line.startswith("done:")]
+    digests = [line.rsplit("weights ", 1)[1]
+               for out in outputs for line in out.splitlines() if line.startswith("done:")]
     assert len(digests) == 2 and digests[0] == digests[1]
     assert "2 replicas, 2 images each; chief" in outputs[0] and "worker 1" in outputs[1]
     assert sorted(os.listdir(model_dir)) == ["checkpoints", "config.yaml", "labels.json", "train"]
@@ -189,7 +191,8 @@ def test_sigterm_to_a_worker_saves_everywhere_and_a_restart_resumes_without_losi
     assert _summary_steps(str(model_dir)) == list(range(1, saved + 1))
 
     target = saved + 2
-    processes, logs = _start(_worker_commands(records, model_dir, scratch, f"train.total_steps={target}"), tmp_path, "b")
+    processes, logs = _start(_worker_commands(records, model_dir, scratch, f"train.total_steps={target}"),
+                             tmp_path, "b")
     codes, outputs = _finish(processes, logs)
     assert codes == [0, 0], outputs
     for out in outputs:

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from pycocotools import mask as coco_mask
 
-from conftest import shared_path
-from polarmask_tf import evaluation, geometry
+from polarmask_tf import evaluation, geometry, upper_bound
 from polarmask_tf.data import coco, synthetic
-from polarmask_tf import upper_bound
+
+from conftest import shared_path
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_polygons_to_rles_equal_full_image_rasterisation():
     polygons[0] = [[3.0, 4.0]] * 36  # degenerate: every vertex on one pixel centre
     rles = evaluation.polygons_to_rles(polygons, height, width)
     expected = geometry.rasterize(polygons, height, width).numpy()
-    for rle, mask in zip(rles, expected):
+    for rle, mask in zip(rles, expected, strict=True):
         assert rle["size"] == [height, width] and isinstance(rle["counts"], str)
         np.testing.assert_array_equal(coco_mask.decode(dict(rle, counts=rle["counts"].encode())).astype(bool), mask)
     assert evaluation.polygons_to_rles(np.zeros((0, 36, 2), np.float32), height, width) == []
@@ -134,7 +134,7 @@ def _expected_ap(ious, categories, thresholds, recall_thresholds):
     for t in thresholds:
         per_category = []
         for c in sorted(set(categories)):
-            hits = np.array([iou >= t for iou, k in zip(ious, categories) if k == c])
+            hits = np.array([iou >= t for iou, k in zip(ious, categories, strict=True) if k == c])
             reached = np.count_nonzero(recall_thresholds <= hits.sum() / hits.size) if hits.any() else 0
             per_category.append(reached / recall_thresholds.size)
         ap.append(np.mean(per_category))

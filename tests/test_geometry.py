@@ -9,8 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pycocotools import mask as coco_mask
 
-from conftest import spec_mask
 from polarmask_tf import geometry
+
+from conftest import spec_mask
 
 HEAD = geometry.ray_index_map(36, "head")
 PROPERTY_SETTINGS = settings(max_examples=40, deadline=None)
@@ -279,7 +280,8 @@ def test_a_mask_contour_rasterises_back_to_the_mask(name):
 
 
 @PROPERTY_SETTINGS
-@given(x0=st.integers(0, 40), y0=st.integers(0, 40), w=st.integers(1, 50), h=st.integers(1, 50), dx=st.floats(0.01, 0.49))
+@given(x0=st.integers(0, 40), y0=st.integers(0, 40), w=st.integers(1, 50), h=st.integers(1, 50),
+       dx=st.floats(0.01, 0.49))
 def test_rectangle_raster_counts_pixel_centres(x0, y0, w, h, dx):
     rect = np.array([[x0, y0], [x0 + w, y0], [x0 + w, y0 + h], [x0, y0 + h]], np.float32)
     assert int(geometry.rasterize(rect, 100, 100).numpy().sum()) == (w + 1) * (h + 1)
@@ -401,7 +403,8 @@ def test_box_masks_equal_the_rasterised_polygon_resampled_at_cell_centres(x1, y1
 
 def test_box_masks_fill_a_box_shaped_polygon_and_leave_degenerate_boxes_empty():
     square = np.array([[10, 20], [50, 20], [50, 60], [10, 60]], np.float32)
-    masks = geometry.box_masks(np.stack([square, square]), np.array([[10, 20, 50, 60], [10, 20, 10, 60]], np.float32), 8)
+    masks = geometry.box_masks(np.stack([square, square]),
+                               np.array([[10, 20, 50, 60], [10, 20, 10, 60]], np.float32), 8)
     assert masks.shape == (2, 8, 8)
     assert masks[0].numpy().all() and not masks[1].numpy().any()
     left_half = np.array([[10, 20], [30, 20], [30, 60], [10, 60]], np.float32)

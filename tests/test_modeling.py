@@ -9,7 +9,9 @@ import pytest
 import tensorflow as tf
 
 from polarmask_tf import config as config_lib
-from polarmask_tf.modeling import backbones, fpn, head, model as model_lib, pyramid
+from polarmask_tf.modeling import backbones, fpn, head, pyramid
+from polarmask_tf.modeling import model as model_lib
+
 from conftest import shared_path
 
 MOBILENET_WEIGHTS = ("weights", "mobilenet_v2_1.0_imagenet", "mobilenet_v2_1.0_imagenet_no_top.weights.h5")
@@ -61,7 +63,7 @@ def test_output_shapes_and_flattened_layout(tiny_model, height, width):
 
     per_level = per_level_outputs(tiny_model, images)
     offset = 0
-    for (h, w), level in zip(shapes, per_level):
+    for (h, w), level in zip(shapes, per_level, strict=True):
         assert level["rays"].shape == (2, h, w, 36)
         for key in model_lib.OUTPUT_KEYS:
             expected = level[key].numpy()
@@ -298,9 +300,9 @@ def test_resnext101_64x4d_layout():
     assert layer("conv5_block3_2_conv").kernel.shape == (3, 3, 32, 2048)
     assert layer("conv3_block1_1_conv").strides == (1, 1) and layer("conv3_block1_2_conv").strides == (2, 2)
     assert layer("conv4_block1_0_conv").strides == (2, 2)
-    assert len([l for l in backbone.layers if isinstance(l, keras.layers.Conv2D)]) == 104
-    assert not any(l.use_bias for l in backbone.layers if isinstance(l, keras.layers.Conv2D))
-    assert {l.epsilon for l in backbone.layers if isinstance(l, keras.layers.BatchNormalization)} == {1e-5}
+    assert len([conv for conv in backbone.layers if isinstance(conv, keras.layers.Conv2D)]) == 104
+    assert not any(conv.use_bias for conv in backbone.layers if isinstance(conv, keras.layers.Conv2D))
+    assert {norm.epsilon for norm in backbone.layers if isinstance(norm, keras.layers.BatchNormalization)} == {1e-5}
     assert not layer("conv2_block3_3_conv").trainable and layer("conv3_block1_1_conv").trainable
     with pytest.raises(ValueError, match="no ImageNet weights"):
         backbones.build_backbone(config_lib.ModelConfig(backbone="resnext101_64x4d", backbone_weights="imagenet"))

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import shared_path
 from polarmask_tf import config as cfg
 from polarmask_tf import geometry
-from polarmask_tf.data import augment, pipeline, synthetic, tfrecord
+from polarmask_tf.data import augment, pipeline, records_writer, synthetic, tfrecord
 from polarmask_tf.modeling import preprocessing, pyramid
-from polarmask_tf.data import records_writer
+
+from conftest import shared_path
 
 DEVNULL = open(os.devnull, "w")
 
@@ -80,7 +80,7 @@ def test_deterministic_mode_repeats_exactly(shards):
     config = make_config(shards, "data.deterministic=true", "data.scale_range=[0.5, 1.0]")
     first = [b for b in pipeline.build_dataset(config, training=True).take(3)]
     second = [b for b in pipeline.build_dataset(config, training=True).take(3)]
-    for (image_a, targets_a), (image_b, targets_b) in zip(first, second):
+    for (image_a, targets_a), (image_b, targets_b) in zip(first, second, strict=True):
         np.testing.assert_array_equal(image_a, image_b)
         np.testing.assert_array_equal(targets_a["rays"], targets_b["rays"])
     sizes = np.concatenate([t["resized_size"].numpy() for _, t in first])
@@ -91,11 +91,15 @@ def test_input_context_shards_per_pipeline_and_splits_the_global_batch(shards):
     config = make_config(shards, "data.batch_size=4")
     seen = []
     for pipeline_id in range(2):
-        context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pipeline_id, num_replicas_in_sync=2)
+        context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pipeline_id,
+                                             num_replicas_in_sync=2)
         dataset = pipeline.build_dataset(config, training=False, input_context=context)
         assert dataset.element_spec[0].shape[0] is None or dataset.element_spec[0].shape[0] == 2
         seen.append({int(i) for _, t in dataset for i in t["image_id"].numpy()})
-    train_ids = {int(i) for _, t in pipeline.build_dataset(make_config(shards, "data.val_files=" + str(shards) + "/train-*.tfrecord"), training=False) for i in t["image_id"].numpy()}
+    train_ids = {int(i)
+                 for _, t in pipeline.build_dataset(
+                     make_config(shards, "data.val_files=" + str(shards) + "/train-*.tfrecord"), training=False)
+                 for i in t["image_id"].numpy()}
     assert seen[0].isdisjoint(seen[1])
     context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=0, num_replicas_in_sync=2)
     train = pipeline.build_dataset(config, training=True, input_context=context)
@@ -130,7 +134,8 @@ def test_resize_moves_polygons_with_the_pixels(scale):
     assert np.all(resized.numpy()[..., 0][interior] > 0.99) and np.all(resized.numpy()[..., 0][~expected] < 0.5)
     np.testing.assert_allclose(moved.centers[0], geometry.mass_center(moved.polygons[0]), atol=1e-4)
     np.testing.assert_allclose(moved.boxes[0], [4.5 * scale + (scale - 1) / 2, 2.5 * scale + (scale - 1) / 2,
-                                                12.5 * scale + (scale - 1) / 2, 9.5 * scale + (scale - 1) / 2], atol=1e-4)
+                                                12.5 * scale + (scale - 1) / 2, 9.5 * scale + (scale - 1) / 2],
+                               atol=1e-4)
 
 
 def test_horizontal_flip_mirrors_image_polygons_and_keeps_orientation():
@@ -159,8 +164,10 @@ def test_flipped_image_gets_mirrored_targets(shards):
     np.testing.assert_array_equal(original["image_id"], flipped["image_id"])
     np.testing.assert_allclose(mirrored_image[:, :, ::-1], plain, atol=1e-5)
     points, levels = pyramid.locations(256, 256)
-    lookup = {(float(p[0]), float(p[1]), int(l)): i for i, (p, l) in enumerate(zip(points, levels))}
-    partner = np.array([lookup[(255.0 - float(p[0]), float(p[1]), int(l))] for p, l in zip(points, levels)])
+    lookup = {(float(p[0]), float(p[1]), int(level)): i
+              for i, (p, level) in enumerate(zip(points, levels, strict=True))}
+    partner = np.array([lookup[(255.0 - float(p[0]), float(p[1]), int(level))]
+                        for p, level in zip(points, levels, strict=True)])
     hflip = geometry.ray_index_map(36, "hflip")
     assert (original["labels"] > 0).sum() > 10
     np.testing.assert_array_equal(flipped["labels"][:, partner], original["labels"])
@@ -184,7 +191,8 @@ def test_normalisation_rules():
 
 
 @pytest.mark.parametrize("backbone, rule", [
-    ("resnet50", "caffe"), ("resnet101", "caffe"), ("resnext101_64x4d", "torch"), ("mobilenet_v2", "tf"), ("tiny", "tf"),
+    ("resnet50", "caffe"), ("resnet101", "caffe"), ("resnext101_64x4d", "torch"),
+    ("mobilenet_v2", "tf"), ("tiny", "tf"),
 ])
 def test_auto_normalisation_follows_the_backbone_and_an_explicit_rule_wins(backbone, rule):
     assert preprocessing.input_normalization(cfg.load_config(None, [f"model.backbone={backbone}"])) == rule
@@ -206,14 +214,16 @@ def test_more_instances_than_the_maximum_keeps_the_largest(shards):
     instances, count = pipeline._select_instances(parsed, 2, 16)
     assert int(count) == 2
     largest = np.sort(parsed["areas"].numpy())[::-1][:2]
-    kept = {int(l) for l in instances.labels.numpy()}
-    assert kept <= {int(l) for l, a in zip(parsed["labels"].numpy(), parsed["areas"].numpy()) if a >= largest[-1]}
+    kept = {int(label) for label in instances.labels.numpy()}
+    assert kept <= {int(label) for label, area in zip(parsed["labels"].numpy(), parsed["areas"].numpy(), strict=True)
+                    if area >= largest[-1]}
 
 
 TRAIN_POOL = [
     ("coco128", ("coco128", "annotations", "instances_train2017.json"), ("coco128", "train2017")),
     ("coco_mini", ("coco_mini", "annotations", "instances_train2017.json"), ("coco_mini", "train2017")),
-    ("tiny_coco", ("tiny_coco", "tiny_coco", "annotations", "instances_train2017.json"), ("tiny_coco", "tiny_coco", "train2017")),
+    ("tiny_coco", ("tiny_coco", "tiny_coco", "annotations", "instances_train2017.json"),
+     ("tiny_coco", "tiny_coco", "train2017")),
 ]
 
 

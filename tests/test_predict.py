@@ -14,10 +14,9 @@ import tensorflow as tf
 from polarmask_tf import config as cfg
 from polarmask_tf import evaluation, geometry, visualize
 from polarmask_tf.cli import evaluate, predict
-from polarmask_tf.data import coco, pipeline, synthetic
+from polarmask_tf.data import coco, pipeline, records_writer, synthetic
 from polarmask_tf.modeling import preprocessing, pyramid
 from polarmask_tf.modeling.model import build_model
-from polarmask_tf.data import records_writer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["data.image_size=[128, 128]", "model.prior_prob=0.2", "postprocess.max_detections=20", "data.jit_targets=false"]
@@ -114,8 +113,8 @@ def test_evaluate_cli_rejects_a_checkpoint_of_another_config(tiny_run, tmp_path)
     other = tmp_path / "other.yaml"
     cfg.dump_config(cfg.apply_overrides(config, ["model.head_channels=32"]), str(other))
     annotations, images_dir = _val(root)
-    command = [sys.executable, "-m", "polarmask_tf.cli.evaluate", "--config", str(other), "--model-dir", str(root / "run"),
-               "--annotations", annotations, "--images-dir", images_dir]
+    command = [sys.executable, "-m", "polarmask_tf.cli.evaluate", "--config", str(other),
+               "--model-dir", str(root / "run"), "--annotations", annotations, "--images-dir", images_dir]
     finished = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert finished.returncode == 2, finished.stderr[-2000:]
     assert "does not fit the model of this config" in finished.stderr and "ckpt-1" in finished.stderr
@@ -192,5 +191,6 @@ def test_denormalize_inverts_the_pipeline_normalisation(rule):
 
 def test_draw_detections_without_detections_returns_the_image():
     image = np.full((20, 30, 3), 7, np.uint8)
-    empty = {"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "classes": np.zeros(0, int), "polygons": np.zeros((0, 36, 2))}
+    empty = {"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "classes": np.zeros(0, int),
+             "polygons": np.zeros((0, 36, 2))}
     np.testing.assert_array_equal(visualize.draw_detections(image, empty), image)

@@ -19,6 +19,7 @@ def test_quickstart_makes_data_trains_and_resumes(tmp_path, capsys):
         "train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord", "train-labels.json", "train-report.json",
         "val-00000-of-00002.tfrecord", "val-00001-of-00002.tfrecord", "val-labels.json", "val-report.json",
     ]
-    assert quickstart.main(["--model-dir", str(model_dir)] + overrides[:-4] + ["--set", "train.total_steps=4", "--set", "data.batch_size=2"]) == 0
+    assert quickstart.main(["--model-dir", str(model_dir)] + overrides[:-4]
+                           + ["--set", "train.total_steps=4", "--set", "data.batch_size=2"]) == 0
     out = capsys.readouterr().out
     assert "making the synthetic dataset" not in out and "ckpt-4" in out

@@ -8,8 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import spec_mask
 from polarmask_tf.data import reference_targets as rt
+
+from conftest import spec_mask
 
 HEAD_TO_OURS = {0: 9, 9: 0, 18: 27, 27: 18}
 """The spec lists the original's (HEAD) rays k' = 0, 9, 18, 27; our k = (9 - k') mod 36."""

@@ -14,12 +14,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import tf_serving_double
-from polarmask_tf import config as cfg, geometry, inference
+from polarmask_tf import config as cfg
+from polarmask_tf import geometry, inference
+from polarmask_tf.cli import client as client_command
 from polarmask_tf.data import coco, synthetic
 from polarmask_tf.modeling.model import build_model
-from polarmask_tf.cli import client as client_command
 from polarmask_tf.serving import client, export, warmup
+
+import tf_serving_double
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["data.image_size=[128, 128]", "model.prior_prob=0.2", "postprocess.max_detections=12",
@@ -103,7 +105,8 @@ def test_version_directory_has_tf_serving_layout(exported):
 
 
 def test_saved_model_cli_show_lists_both_signatures_with_their_shapes(exported):
-    shown = _run([sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", "show", "--dir", exported[3], "--all"])
+    shown = _run([sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", "show",
+                  "--dir", exported[3], "--all"])
     assert shown.returncode == 0, shown.stderr
     text = shown.stdout
     blocks = {name: text.split(f"signature_def['{name}']:")[1].split("signature_def[")[0]
@@ -174,7 +177,8 @@ def test_a_fresh_process_with_only_tensorflow_reproduces_the_in_memory_detection
 
 
 def test_outputs_are_consistent_and_masks_follow_the_polygons(loaded, images):
-    outputs = {k: v.numpy() for k, v in loaded.signatures["serving_default"](image_bytes=tf.constant(images[1])).items()}
+    outputs = {k: v.numpy()
+               for k, v in loaded.signatures["serving_default"](image_bytes=tf.constant(images[1])).items()}
     n = outputs["num_detections"]
     assert (n > 0).all()
     names = outputs["detection_class_names"]
@@ -272,8 +276,9 @@ def test_client_end_to_end_against_the_rest_double(exported, images, tmp_path, c
         paths.append(str(tmp_path / name))
     (tmp_path / "notes.txt").write_text("not an image")
     with tf_serving_double.serve(version) as url:
-        status = client_command.main(["--url", url, "--image", paths[0], "--image", paths[1], "--score-threshold", "0.0",
-                              "--output-dir", str(tmp_path / "overlays"), "--json", str(tmp_path / "det.json")])
+        status = client_command.main(["--url", url, "--image", paths[0], "--image", paths[1],
+                                      "--score-threshold", "0.0", "--output-dir", str(tmp_path / "overlays"),
+                                      "--json", str(tmp_path / "det.json")])
         printed = capsys.readouterr().out
         assert status == 0
         assert f"{paths[0]}: " in printed and "shape " in printed
@@ -285,12 +290,12 @@ def test_client_end_to_end_against_the_rest_double(exported, images, tmp_path, c
             client.post_json(client.predict_url(url), {"instances": [[1.5, 2.5]]})
     detections = json.load(open(tmp_path / "det.json"))
     expected = _in_memory(config, model, _decoded([images[1][0], images[2][1]]))
-    for found, reference in zip(detections, expected):
+    for found, reference in zip(detections, expected, strict=True):
         np.testing.assert_allclose(found["scores"], reference["scores"], atol=1e-4)
         np.testing.assert_allclose(found["polygons"], reference["polygons"], atol=1e-4)
         assert found["classes"] == (10 * reference["classes"]).tolist()
         assert np.array(found["masks"]).shape == (len(reference["scores"]), MASK_SIZE, MASK_SIZE)
-    for path, name in zip(paths, ("a.png", "b.png")):
+    for path, name in zip(paths, ("a.png", "b.png"), strict=True):
         overlay = cv2.imread(str(tmp_path / "overlays" / name))
         assert overlay.shape == cv2.imread(path).shape
     assert cv2.imread(str(tmp_path / "one.png")).shape == cv2.imread(paths[0]).shape

@@ -21,9 +21,9 @@ prediction_log_pb2 = pytest.importorskip(
            f"(its metadata pins the full tensorflow wheel, so install it without dependencies): "
            f"install with: {INSTALL}",
 )
-from tensorflow_serving.apis import predict_pb2  # noqa: E402  (after the skip)
 from tensorflow.core.framework import tensor_pb2, types_pb2  # noqa: E402
 from tensorflow.core.protobuf import saved_model_pb2  # noqa: E402
+from tensorflow_serving.apis import predict_pb2  # noqa: E402  (after the skip)
 
 from polarmask_tf import config as cfg  # noqa: E402
 from polarmask_tf.data import coco, synthetic  # noqa: E402
@@ -120,7 +120,7 @@ def test_every_field_of_the_hand_made_descriptor_is_the_real_field():
 def test_the_export_writes_two_predict_logs_the_real_protos_parse_exactly(records, real_logs, samples):
     jpeg, png = samples
     assert len(records) == 2
-    for record, log, expected in zip(records, real_logs, ([jpeg], [jpeg, png])):
+    for record, log, expected in zip(records, real_logs, ([jpeg], [jpeg, png]), strict=True):
         assert log.WhichOneof("log_type") == "predict_log"
         assert _set_fields(log) == ["predict_log"]  # no log_metadata
         assert _set_fields(log.predict_log) == ["request"]  # no response

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from polarmask_tf.data import synthetic
 from polarmask_tf.cli import make_synthetic
+from polarmask_tf.data import synthetic
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
@@ -165,9 +165,9 @@ def test_same_seed_is_byte_identical_and_other_seed_differs(tmp_path):
                        for path in sorted((tmp_path / name / s).iterdir())],
         }
     assert runs["a"]["json"] == runs["b"]["json"]
-    assert all(np.array_equal(p, q) for p, q in zip(runs["a"]["pixels"], runs["b"]["pixels"]))
+    assert all(np.array_equal(p, q) for p, q in zip(runs["a"]["pixels"], runs["b"]["pixels"], strict=True))
     assert runs["a"]["json"] != runs["c"]["json"]
-    assert not any(np.array_equal(p, q) for p, q in zip(runs["a"]["pixels"], runs["c"]["pixels"]))
+    assert not any(np.array_equal(p, q) for p, q in zip(runs["a"]["pixels"], runs["c"]["pixels"], strict=True))
 
 
 def test_image_content_does_not_depend_on_the_split(tmp_path):

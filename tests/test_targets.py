@@ -4,9 +4,9 @@ import dataclasses
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
-import tensorflow as tf
 
 from polarmask_tf import config as cfg
 from polarmask_tf import geometry
@@ -78,7 +78,8 @@ def test_tv8_positives_labels_boxes_centerness_and_rays(tv8):
 
 def test_exact_rays_agree_with_reference_on_convex_shapes(tv8):
     vector, reference, (labels, boxes, centres, polygons) = tv8
-    exact = targets.encode_targets(labels, boxes, centres, polygons, (256, 256), dataclasses.replace(REFERENCE, ray_method="exact"))
+    exact = targets.encode_targets(labels, boxes, centres, polygons, (256, 256),
+                                   dataclasses.replace(REFERENCE, ray_method="exact"))
     np.testing.assert_array_equal(exact["labels"], reference["labels"])
     positive = reference["labels"] > 0
     # Same contour, different rule: a 1-degree bin reads the farthest vertex near the ray, a few
@@ -87,14 +88,16 @@ def test_exact_rays_agree_with_reference_on_convex_shapes(tv8):
     assert np.median(difference) < 0.2 and difference.max() < 5
 
 
+def _xla_encoder(polar):
+    return tf.function(lambda *a: targets.encode_targets(*a, (256, 256), polar), jit_compile=True)
+
+
 def test_encoder_compiles_with_xla_and_matches_eager(tv8):
     _, _, (labels, boxes, centres, polygons) = tv8
     for polar in (cfg.PolarConfig(), REFERENCE):
         polar = dataclasses.replace(polar, positives_per_chunk=8)  # several loop trips
         eager = targets.encode_targets(labels, boxes, centres, polygons, (256, 256), polar)
-        compiled = tf.function(
-            lambda *a: targets.encode_targets(*a, (256, 256), polar), jit_compile=True
-        )(labels, boxes, centres, polygons)
+        compiled = _xla_encoder(polar)(labels, boxes, centres, polygons)
         for key in eager:
             np.testing.assert_allclose(compiled[key], eager[key], rtol=1e-5, atol=1e-4)
 
@@ -116,13 +119,16 @@ def test_horizontal_flip_mirrors_the_targets():
     flipped_boxes = np.stack([width - 1 - boxes[:, 2], boxes[:, 1], width - 1 - boxes[:, 0], boxes[:, 3]], -1)
     mirror = np.float32([-1, 1]), np.float32([width - 1, 0])
     flipped = targets.encode_targets(
-        labels, flipped_boxes, centres * mirror[0] + mirror[1], polygons * mirror[0] + mirror[1], (256, 256), cfg.PolarConfig()
+        labels, flipped_boxes, centres * mirror[0] + mirror[1], polygons * mirror[0] + mirror[1], (256, 256),
+        cfg.PolarConfig(),
     )
     # The cell-centre grid is symmetric under the image flip x -> W - 1 - x: location (i, j) of a
     # level pairs with (i, W/s - 1 - j).
     points, levels = pyramid.locations(256, 256)
-    lookup = {(float(p[0]), float(p[1]), int(l)): i for i, (p, l) in enumerate(zip(points, levels))}
-    partner = np.array([lookup[(width - 1 - float(p[0]), float(p[1]), int(l))] for p, l in zip(points, levels)])
+    lookup = {(float(p[0]), float(p[1]), int(level)): i
+              for i, (p, level) in enumerate(zip(points, levels, strict=True))}
+    partner = np.array([lookup[(width - 1 - float(p[0]), float(p[1]), int(level))]
+                        for p, level in zip(points, levels, strict=True)])
     assert (original["labels"].numpy() > 0).sum() > 20
     np.testing.assert_array_equal(flipped["labels"].numpy()[partner], original["labels"])
     hflip = geometry.ray_index_map(36, "hflip")
@@ -142,7 +148,8 @@ def dense_assignment(labels, boxes, centres, image_shape, polar):
     ltrb = np.stack([x - x1, y - y1, x2 - x, y2 - y], -1)
     r = strides * polar.center_sample_radius
     cx, cy = centres.T[:, None, :]
-    inside = (x > np.maximum(cx - r, x1)) & (x < np.minimum(cx + r, x2)) & (y > np.maximum(cy - r, y1)) & (y < np.minimum(cy + r, y2))
+    inside = ((x > np.maximum(cx - r, x1)) & (x < np.minimum(cx + r, x2))
+              & (y > np.maximum(cy - r, y1)) & (y < np.minimum(cy + r, y2)))
     extent = ltrb.max(-1)
     ok = inside & (extent >= ranges[:, :1]) & (extent <= ranges[:, 1:]) & (labels > 0)[None]
     area = (boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import synthetic_train_records
 from polarmask_tf import config as cfg
 from polarmask_tf.training import loop, optimization
+
+from conftest import synthetic_train_records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEVNULL = open(os.devnull, "w")
@@ -38,7 +39,8 @@ def tiny_overrides(records, *extra):
 def test_warmup_then_step_decay():
     schedule = optimization.WarmupStepDecay(0.01, 100, 1 / 3, (1000, 2000), 0.1)
     rates = [float(schedule(s)) for s in (0, 50, 100, 999, 1000, 1999, 2000)]
-    np.testing.assert_allclose(rates, [0.01 / 3, 0.01 * (1 / 3 + 2 / 3 * 0.5), 0.01, 0.01, 0.001, 0.001, 0.0001], rtol=1e-6)
+    np.testing.assert_allclose(rates, [0.01 / 3, 0.01 * (1 / 3 + 2 / 3 * 0.5), 0.01, 0.01, 0.001, 0.001, 0.0001],
+                               rtol=1e-6)
 
 
 def test_weight_decay_skips_biases_and_norm_parameters():
@@ -68,7 +70,8 @@ def test_tiny_model_learns_on_four_synthetic_images(records, tmp_path):
 
 
 def _train_command(config_path, model_dir, *overrides):
-    command = [sys.executable, os.path.join(ROOT, "train_main.py"), f"--config={config_path}", f"--model-dir={model_dir}"]
+    command = [sys.executable, os.path.join(ROOT, "train_main.py"), f"--config={config_path}",
+               f"--model-dir={model_dir}"]
     return command + [f"--set={o}" for o in overrides]
 
 
@@ -104,7 +107,8 @@ def test_interrupted_training_resumes_at_the_saved_step(records, tmp_path, how):
         assert process.returncode == 130
         assert f"interrupted: saved {model_dir}/checkpoints/ckpt-{saved} at step {saved}" in out  # where it stopped
     target = saved + 3
-    result = subprocess.run(_train_command(config_path, model_dir, *tiny_overrides(records, f"train.total_steps={target}")),
+    result = subprocess.run(_train_command(config_path, model_dir,
+                                           *tiny_overrides(records, f"train.total_steps={target}")),
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"resumed from {model_dir}/checkpoints/ckpt-{saved} at step {saved}" in result.stdout
@@ -203,7 +207,7 @@ def test_init_checkpoint_copies_all_but_a_resized_class_conv_and_refuses_another
     target, _ = loop.build_training_state(target_config)
     fresh = loop.initialize_from(target, target_config, str(tmp_path / "source"))
     assert fresh == ["head/cls_logits/kernel", "head/cls_logits/bias"]
-    for mine, theirs in zip(target.weights, source.weights):
+    for mine, theirs in zip(target.weights, source.weights, strict=True):
         if "cls_logits" not in mine.path:
             np.testing.assert_array_equal(mine.numpy(), theirs.numpy(), err_msg=mine.path)
     other = cfg.apply_overrides(source_config, ["model.head_channels=8"])

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from pycocotools import mask as coco_mask
 
-from conftest import shared_path, spec_mask
-from polarmask_tf import geometry
-from polarmask_tf import upper_bound
+from polarmask_tf import geometry, upper_bound
 from polarmask_tf.cli import upper_bound as upper_bound_command
+
+from conftest import shared_path, spec_mask
 
 
 def _polygon(mask):
@@ -55,7 +55,8 @@ def coco_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def report(coco_file):
-    return upper_bound.run(str(coco_file), [18, 36, 72], ["exact", "reference"], ["mass", "box"], stream=open("/dev/null", "w"))
+    return upper_bound.run(str(coco_file), [18, 36, 72], ["exact", "reference"], ["mass", "box"],
+                           stream=open("/dev/null", "w"))
 
 
 def test_every_bad_instance_is_counted_by_reason(report):
@@ -92,7 +93,8 @@ def test_mean_ious_equal_the_per_instance_measurements(report):
 def test_reference_raster_option_reproduces_the_spec_upper_bound(spec_vectors):
     # The original's pipeline, integer mass centre (41, 57) of the L: spec TV10 L/mass 36 rays = 0.8739.
     ious = upper_bound.instance_ious(spec_mask("L").astype(bool), [36], ["reference"], ["mass"], raster="reference")
-    assert ious[("reference", "mass", 36)] == pytest.approx(spec_vectors["upper_bound_100px"]["iou"]["L/mass"]["36"], abs=0.01)
+    assert ious[("reference", "mass", 36)] == pytest.approx(spec_vectors["upper_bound_100px"]["iou"]["L/mass"]["36"],
+                                                            abs=0.01)
 
 
 def test_cli_writes_report_table_and_plot(coco_file, tmp_path, capsys):
@@ -126,7 +128,8 @@ def test_cli_rejects_files_that_are_not_coco(tmp_path, capsys):
 @pytest.mark.slow
 def test_runs_on_real_coco_annotations():
     path = shared_path("data", "coco_mini", "annotations", "instances_val2017.json")
-    result = upper_bound.run(str(path), [36], ["exact", "reference"], ["mass"], max_instances=25, stream=open("/dev/null", "w"))
+    result = upper_bound.run(str(path), [36], ["exact", "reference"], ["mass"], max_instances=25,
+                             stream=open("/dev/null", "w"))
     ious = {r["method"]: r["mean_iou"] for r in result["results"]}
     assert result["results"][0]["instances"] + sum(result["skipped"].values()) == 25
     assert 0.7 < ious["reference"] < ious["exact"] < 0.98

@@ -42,7 +42,9 @@ def _to_array(values, spec, input_name):
                 try:
                     return base64.b64decode(value["b64"], validate=True)
                 except ValueError:
-                    raise RequestError(f"Invalid argument: Unable to base64 decode the value of '{input_name}'")
+                    raise RequestError(
+                        f"Invalid argument: Unable to base64 decode the value of '{input_name}'"
+                    ) from None
             if isinstance(value, str):
                 return value.encode("utf-8")
             if isinstance(value, list):
@@ -68,9 +70,10 @@ def _to_array(values, spec, input_name):
     try:
         array = np.array(values, dtype=spec.dtype.as_numpy_dtype)
     except (ValueError, OverflowError) as error:
-        raise RequestError(f"Invalid argument: '{input_name}': {error}")
+        raise RequestError(f"Invalid argument: '{input_name}': {error}") from None
     if not spec.shape.is_compatible_with(array.shape):
-        raise RequestError(f"Invalid argument: '{input_name}' has shape {list(array.shape)}, the signature {spec.shape}")
+        raise RequestError(f"Invalid argument: '{input_name}' has shape {list(array.shape)}, "
+                           f"the signature {spec.shape}")
     return array
 
 
@@ -110,7 +113,8 @@ class _Model:
             raise RequestError("Invalid argument: the body must have exactly one of 'instances' or 'inputs'")
         signature_name = body.get("signature_name", "serving_default")
         if signature_name not in self.loaded.signatures:
-            raise RequestError(f"Invalid argument: Serving signature name: \"{signature_name}\" not found in signature def")
+            raise RequestError(f"Invalid argument: Serving signature name: \"{signature_name}\" "
+                               "not found in signature def")
         function = self.loaded.signatures[signature_name]
         specs = function.structured_input_signature[1]
         if "instances" in body:
@@ -131,7 +135,8 @@ class _Model:
         batch = {len(v) for v in outputs.values()}
         if len(batch) != 1:
             raise RequestError("Invalid argument: outputs of different batch sizes cannot be returned in row format")
-        rows = [{k: _json_value(k, v[i]) if v.ndim else v[i].item() for k, v in outputs.items()} for i in range(batch.pop())]
+        rows = [{k: _json_value(k, v[i]) if v.ndim else v[i].item() for k, v in outputs.items()}
+                for i in range(batch.pop())]
         if len(outputs) == 1:
             rows = [next(iter(row.values())) for row in rows]
         return {"predictions": rows}
@@ -155,12 +160,14 @@ def _handler(model):
             if not match or match["name"] != model.name:
                 return self._answer(404, {"error": f"Servable not found for request: {self.path}"})
             self._answer(200, {"model_version_status": [
-                {"version": str(model.version), "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+                {"version": str(model.version), "state": "AVAILABLE",
+                 "status": {"error_code": "OK", "error_message": ""}}
             ]})
 
         def do_POST(self):
             match = _PREDICT.match(self.path)
-            if not match or match["name"] != model.name or (match["version"] and int(match["version"]) != model.version):
+            if (not match or match["name"] != model.name
+                    or (match["version"] and int(match["version"]) != model.version)):
                 return self._answer(404, {"error": f"Servable not found for request: {self.path}"})
             try:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"null")

@@ -35,7 +35,7 @@ def _draw(encoded, found, path, score_threshold):
     from polarmask_tf import visualize
 
     image = cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_COLOR)
-    names = {int(c): name for c, name in zip(found["classes"], found["class_names"])}
+    names = {int(c): name for c, name in zip(found["classes"], found["class_names"], strict=True)}
     drawn = visualize.draw_detections(image[..., ::-1], found, names, score_threshold=score_threshold)
     if not cv2.imwrite(path, drawn[..., ::-1]):
         raise OSError(f"cannot write {path}")
@@ -61,7 +61,7 @@ def request(args, stream):
     except client.ServingError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    for path, data, found in zip(args.image, encoded, results):
+    for path, data, found in zip(args.image, encoded, results, strict=True):
         shown = [i for i, score in enumerate(found["scores"]) if score >= args.score_threshold]
         print(f"{path}: {len(found['scores'])} detections, {len(shown)} with score >= {args.score_threshold}",
               file=stream)
@@ -69,7 +69,8 @@ def request(args, stream):
             box = ", ".join(f"{v:.1f}" for v in found["boxes"][i])
             print(f"  {found['class_names'][i]:<16} {found['scores'][i]:.3f}  box [{box}]", file=stream)
         target = args.output or (
-            os.path.join(args.output_dir, os.path.splitext(os.path.basename(path))[0] + ".png") if args.output_dir else None
+            os.path.join(args.output_dir, os.path.splitext(os.path.basename(path))[0] + ".png")
+            if args.output_dir else None
         )
         if target:
             os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
@@ -77,8 +78,9 @@ def request(args, stream):
             print(f"  overlay: {target}", file=stream)
     if args.json:
         with open(args.json, "w") as file:
-            json.dump([{key: (value.tolist() if isinstance(value, np.ndarray) else value) for key, value in found.items()}
-                       | {"image": path} for path, found in zip(args.image, results)], file)
+            json.dump([{key: (value.tolist() if isinstance(value, np.ndarray) else value)
+                        for key, value in found.items()}
+                       | {"image": path} for path, found in zip(args.image, results, strict=True)], file)
         print(f"detections: {args.json}", file=stream)
     return 0
 

@@ -49,7 +49,8 @@ def add_config(parser, required=False, default=None):
 def add_model_source(parser, required=True):
     """--model-dir and --checkpoint for commands that read a trained model (one of them is needed)."""
     parser.add_argument("--model-dir", help="model dir to read (its latest checkpoint and config.yaml)")
-    parser.add_argument("--checkpoint", help="a specific checkpoint instead: ckpt-N prefix, model dir or checkpoints/ dir")
+    parser.add_argument("--checkpoint",
+                        help="a specific checkpoint instead: ckpt-N prefix, model dir or checkpoints/ dir")
     parser.set_defaults(_model_source_required=required)
 
 
@@ -74,7 +75,8 @@ def model_source(args):
 def load_model_config(args):
     """The config to run a trained model with: --config, else config.yaml beside its checkpoint;
     then --set."""
-    from polarmask_tf import config as cfg, inference
+    from polarmask_tf import config as cfg
+    from polarmask_tf import inference
 
     source = model_source(args)
     if source is None:

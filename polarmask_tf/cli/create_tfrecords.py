@@ -35,7 +35,8 @@ def build_parser():
                         help="processes converting images; 0 = this process; auto (default) = several only for "
                              "large datasets on 4+ CPUs (data.records_writer.resolve_num_workers)")
     parser.add_argument("--min-area", type=float, default=None,
-                        help="drop annotations with a smaller COCO area, px^2 (default: data.coco.DEFAULT_MIN_AREA, 16)")
+                        help="drop annotations with a smaller COCO area, px^2 "
+                             "(default: data.coco.DEFAULT_MIN_AREA, 16)")
     parser.add_argument("--skip-empty", action="store_true", help="drop images with no instance left (for training)")
     common.add_label_map(parser, "reuse the PREFIX-labels.json of an earlier conversion (the same labels for "
                                  "train and val jsons)")

@@ -56,7 +56,8 @@ def evaluate(args, stream):
     source = common.model_source(args)
     labels = args.label_map or inference.beside_checkpoint(source, inference.LABELS_FILE)
     label_map = coco.read_label_map(labels) if labels else None
-    evaluator = evaluation.Evaluator(config, args.annotations, args.images_dir, label_map, args.max_images, args.batch_size)
+    evaluator = evaluation.Evaluator(config, args.annotations, args.images_dir, label_map, args.max_images,
+                                     args.batch_size)
     model = inference.load_model(config, source)
 
     metrics, results = evaluator.evaluate(model, stream=sys.stderr)

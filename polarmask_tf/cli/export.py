@@ -21,17 +21,20 @@ from polarmask_tf.cli import common
 def build_parser():
     parser = common.parser(__doc__)
     common.add_model_source(parser)
-    parser.add_argument("--export-dir", required=True, help="TF Serving model base path; the version goes in a subdirectory")
+    parser.add_argument("--export-dir", required=True,
+                        help="TF Serving model base path; the version goes in a subdirectory")
     parser.add_argument("--version", type=int, help="version number (default: 1 + the largest existing one)")
     common.add_config(parser)
-    parser.add_argument("--max-detections", type=int, help="K, detection slots per image (default: postprocess.max_detections)")
+    parser.add_argument("--max-detections", type=int,
+                        help="K, detection slots per image (default: postprocess.max_detections)")
     parser.add_argument("--score-threshold", type=float,
                         help="class probability threshold (default: postprocess.score_threshold)")
     parser.add_argument("--input-size", type=int, help="resize images to fit S x S (default: data.image_size)")
     parser.add_argument("--mask-size", type=int, help="also output box-aligned M x M uint8 masks")
     parser.add_argument("--max-image-pixels", type=int, help="reject larger images (default: 10000 x 10000)")
     common.add_label_map(parser)
-    parser.add_argument("--model-name", default="polarmask", help="model name in models.config and the warm-up requests")
+    parser.add_argument("--model-name", default="polarmask",
+                        help="model name in models.config and the warm-up requests")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing version directory")
     return parser
 

@@ -15,7 +15,8 @@ def build_parser():
     defaults = SyntheticConfig()
     parser = common.parser(__doc__)
     parser.add_argument("--output-dir", default=defaults.output_dir, help="output directory (default %(default)s)")
-    parser.add_argument("--num-images", type=int, default=defaults.num_images, help="total images (default %(default)s)")
+    parser.add_argument("--num-images", type=int, default=defaults.num_images,
+                        help="total images (default %(default)s)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default %(default)s)")
     parser.add_argument("--val-fraction", type=float, default=defaults.val_fraction,
                         help="fraction of images (the last ones) in the val split (default %(default)s)")

@@ -81,7 +81,7 @@ def predict_images(args, config, stream):
         return 1
     label_map = common.label_map(args, config)
     names = {c.label: c.name for c in label_map.categories}
-    outputs = dict(zip(files, output_names(files)))
+    outputs = dict(zip(files, output_names(files), strict=True))
     predictor, results, written, skipped = None, [], 0, 0
     bar = ProgressBar(len(files), desc="predict", stream=sys.stderr)
     for first in range(0, len(files), args.batch_size):
@@ -93,9 +93,11 @@ def predict_images(args, config, stream):
                 skipped += 1
                 print(f"skipped: {error}", file=stream)
         if loaded and predictor is None:
-            predictor = inference.Predictor(config, inference.load_model(config, common.model_source(args)), args.batch_size)
+            predictor = inference.Predictor(config, inference.load_model(config, common.model_source(args)),
+                                            args.batch_size)
             os.makedirs(args.output_dir, exist_ok=True)
-        for (path, image), found in zip(loaded, predictor.predict([image for _, image in loaded]) if loaded else []):
+        detections = predictor.predict([image for _, image in loaded]) if loaded else []
+        for (path, image), found in zip(loaded, detections, strict=True):
             keep = found["scores"] >= args.score_threshold
             found = {key: value[keep] for key, value in found.items()}
             overlay = visualize.draw_detections(image, found, names, args.score_threshold, args.draw_rays)

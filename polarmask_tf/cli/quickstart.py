@@ -1,4 +1,5 @@
-"""polarmask-quickstart: synthetic shapes -> TFRecords -> training a tiny PolarMask -> COCO evaluation on the held-out split -> overlays, on a CPU in minutes.
+"""polarmask-quickstart: synthetic shapes -> TFRecords -> training a tiny PolarMask -> COCO evaluation \
+on the held-out split -> overlays, on a CPU in minutes.
 
     polarmask-quickstart [--config configs/quickstart.yaml] [--model-dir runs/quickstart]
         [--set train.total_steps=300 ...]

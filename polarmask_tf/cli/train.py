@@ -24,8 +24,10 @@ def build_parser():
     parser.add_argument("--model-dir", required=True, help="where checkpoints, summaries and config.yaml go")
     parser.add_argument("--strategy", choices=["auto", "one_device", "mirrored", "multi_worker"], default="auto",
                         help="auto (default): mirrored when more than one GPU is visible, else one_device")
-    parser.add_argument("--worker-hosts", help="multi_worker without TF_CONFIG: host:port of every worker, comma-separated")
-    parser.add_argument("--task-index", type=int, help="multi_worker without TF_CONFIG: this worker's index in --worker-hosts")
+    parser.add_argument("--worker-hosts",
+                        help="multi_worker without TF_CONFIG: host:port of every worker, comma-separated")
+    parser.add_argument("--task-index", type=int,
+                        help="multi_worker without TF_CONFIG: this worker's index in --worker-hosts")
     parser.add_argument("--cpu-replicas", type=int, default=1,
                         help="mirrored without GPUs: split the CPU into this many replicas (testing)")
     parser.add_argument("--scratch-dir", help="where non-chief workers save (default: the system temp dir)")

@@ -22,7 +22,9 @@ import sys
 import time
 
 from polarmask_tf import config as cfg
-from polarmask_tf.conversion import ConversionError, checkpoint, layout as layout_lib, settings as settings_lib
+from polarmask_tf.conversion import ConversionError, checkpoint
+from polarmask_tf.conversion import layout as layout_lib
+from polarmask_tf.conversion import settings as settings_lib
 
 CONVERSION_REPORT = "conversion.json"
 
@@ -85,7 +87,8 @@ def convert(checkpoint_path, output_dir, overrides=(), ray_order="auto", stream=
     labels = settings_lib.label_map(found.num_classes, original.classes)
     read_seconds = time.perf_counter() - start
     print(f"read {checkpoint_path}: {found.backbone}, '{found.head_prefix}_' head ({order} ray order), "
-          f"{found.num_classes} classes, {found.num_rays} rays, {len(state)} tensors ({read_seconds:.1f} s)", file=stream)
+          f"{found.num_classes} classes, {found.num_rays} rays, {len(state)} tensors ({read_seconds:.1f} s)",
+          file=stream)
 
     import keras
     import tensorflow as tf

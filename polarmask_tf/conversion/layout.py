@@ -78,7 +78,8 @@ def inspect(state):
         )
     prefixes = sorted({m.group(1) for k in state for m in [re.match(r"bbox_head\.(fcos|polar)_", k)] if m})
     if len(prefixes) != 1:
-        found = "both 'bbox_head.fcos_*' and 'bbox_head.polar_*'" if prefixes else "no 'bbox_head.fcos_*' or 'bbox_head.polar_*'"
+        found = ("both 'bbox_head.fcos_*' and 'bbox_head.polar_*'" if prefixes
+                 else "no 'bbox_head.fcos_*' or 'bbox_head.polar_*'")
         raise ConversionError(f"the state dict has {found} keys: not a PolarMask head with one output naming")
     prefix = prefixes[0]
     blocks = []
@@ -227,15 +228,18 @@ def keras_assignments(model, state, layout, ray_order=None):
             weight, bias = weight[permutation], bias[permutation]
         conv(getattr(head, name), weight, bias)
     for scales, variable in (("scales_bbox", head.box_scales), ("scales_mask", head.ray_scales)):
-        assignments.append((variable, np.array([state[f"bbox_head.{scales}.{l}.scale"] for l in range(5)], np.float32)))
+        assignments.append((variable, np.array([state[f"bbox_head.{scales}.{level}.scale"] for level in range(5)],
+                                               np.float32)))
 
     covered = {id(v) for v, _ in assignments}
     uncovered = [v.path for v in model.weights if id(v) not in covered]
     if uncovered or len(covered) != len(assignments):
-        raise ConversionError(f"the Keras model's variables do not match the checkpoint one to one (not set: {uncovered[:3]})")
+        raise ConversionError("the Keras model's variables do not match the checkpoint one to one "
+                              f"(not set: {uncovered[:3]})")
     for variable, value in assignments:
         if tuple(variable.shape) != tuple(np.shape(value)):
-            raise ConversionError(f"{variable.path}: shape {tuple(variable.shape)} but the checkpoint gives {np.shape(value)}")
+            raise ConversionError(f"{variable.path}: shape {tuple(variable.shape)} "
+                                  f"but the checkpoint gives {np.shape(value)}")
     return assignments
 
 

@@ -58,7 +58,7 @@ def _evaluate(node, names):
     if isinstance(node, (ast.Tuple, ast.List)):
         return (tuple if isinstance(node, ast.Tuple) else list)(_evaluate(e, names) for e in node.elts)
     if isinstance(node, ast.Dict) and None not in node.keys:
-        return {_evaluate(k, names): _evaluate(v, names) for k, v in zip(node.keys, node.values)}
+        return {_evaluate(k, names): _evaluate(v, names) for k, v in zip(node.keys, node.values, strict=True)}
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict" and not node.args:
         return {kw.arg: _evaluate(kw.value, names) for kw in node.keywords if kw.arg is not None}
     if isinstance(node, ast.Name):
@@ -68,7 +68,8 @@ def _evaluate(node, names):
         return -value if isinstance(value, (int, float)) else UNKNOWN
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
         left, right = _evaluate(node.left, names), _evaluate(node.right, names)
-        same = isinstance(left, str) and isinstance(right, str) or all(isinstance(v, (int, float)) for v in (left, right))
+        same = (isinstance(left, str) and isinstance(right, str)
+                or all(isinstance(v, (int, float)) for v in (left, right)))
         return left + right if same else UNKNOWN
     return UNKNOWN
 
@@ -80,10 +81,12 @@ def parse_mmdet_config(text):
     try:
         tree = ast.parse(text)
     except SyntaxError as error:
-        raise ConversionError(f"meta['config'] is not a Python config file (line {error.lineno}: {error.msg})") from None
+        raise ConversionError("meta['config'] is not a Python config file "
+                              f"(line {error.lineno}: {error.msg})") from None
     names = {}
     for statement in tree.body:
-        if isinstance(statement, ast.Assign) and len(statement.targets) == 1 and isinstance(statement.targets[0], ast.Name):
+        if (isinstance(statement, ast.Assign) and len(statement.targets) == 1
+                and isinstance(statement.targets[0], ast.Name)):
             names[statement.targets[0].id] = _evaluate(statement.value, names)
     return names
 
@@ -164,10 +167,12 @@ def _normalization_rule(norm):
     values = (tuple(norm.get("mean", ())), tuple(norm.get("std", (1.0, 1.0, 1.0))), bool(norm.get("to_rgb", True)))
     for rule, (mean, std, to_rgb) in NORMALIZATION_RULES.items():
         if (len(values[0]) == 3 and len(values[1]) == 3 and values[2] == to_rgb
-                and all(math.isclose(a, b, abs_tol=1e-4) for a, b in zip(values[0] + values[1], mean + std))):
+                and all(math.isclose(a, b, abs_tol=1e-4)
+                        for a, b in zip(values[0] + values[1], mean + std, strict=True))):
             return rule
     raise ConversionError(f"meta['config'] normalises with img_norm_cfg mean {list(values[0])}, std {list(values[1])}, "
-                          f"to_rgb {values[2]}: not one of the original's two rules (caffe BGR mean, ImageNet RGB mean/std)")
+                          f"to_rgb {values[2]}: not one of the original's two rules "
+                          "(caffe BGR mean, ImageNet RGB mean/std)")
 
 
 def label_map(num_classes, classes=None):
@@ -190,7 +195,8 @@ def converted_config(layout, settings, overrides=()):
     rescaling and thresholds; train settings for fine-tuning. `overrides` (dotted key=value) last.
     Raises ConversionError when meta contradicts the state dict."""
     if settings.backbone not in (None, layout.backbone):
-        raise ConversionError(f"meta['config'] names the backbone {settings.backbone} but the weights are a {layout.backbone}")
+        raise ConversionError(f"meta['config'] names the backbone {settings.backbone} "
+                              f"but the weights are a {layout.backbone}")
     width, height = settings.test_scale or DEFAULT_TEST_SCALE
     normalization = settings.normalization or BACKBONE_NORMALIZATION[layout.backbone]
 
@@ -201,7 +207,8 @@ def converted_config(layout, settings, overrides=()):
         "polar": {"num_rays": layout.num_rays, "grid": "original"},
         "model": {"backbone": layout.backbone, "backbone_weights": None, "num_classes": layout.num_classes,
                   "freeze_stem": True, "freeze_batchnorm": True},
-        "data": {"image_size": [height, width], "resize": "keep_ratio" if settings.keep_ratio else "stretch", "size_divisor": 128, "normalization": normalization},
+        "data": {"image_size": [height, width], "resize": "keep_ratio" if settings.keep_ratio else "stretch",
+                 "size_divisor": 128, "normalization": normalization},
         "postprocess": {
             "pre_nms_top_k": given(settings.pre_nms_top_k, 1000),
             "score_threshold": float(given(settings.score_threshold, 0.05)),

@@ -151,7 +151,8 @@ def read_instances_json(path):
         names = ", ".join(map(repr, missing))
         raise InvalidAnnotationsError(f"{path} is not a COCO instances file: missing the list(s) {names}")
     _check_entries(path, "images", data["images"], {"id": _is_int, "file_name": lambda v: isinstance(v, str) and v})
-    _check_entries(path, "annotations", data["annotations"], {"id": _is_int, "image_id": _is_int, "category_id": _is_int})
+    _check_entries(path, "annotations", data["annotations"],
+                   {"id": _is_int, "image_id": _is_int, "category_id": _is_int})
     _check_entries(path, "categories", data["categories"], {"id": _is_int, "name": _present})
     for index, image in enumerate(data["images"]):
         for key in ("height", "width"):
@@ -163,7 +164,8 @@ def read_instances_json(path):
         ids = collections.Counter(entry["id"] for entry in data[name])
         repeated = sorted(i for i, n in ids.items() if n > 1)
         if repeated:
-            raise InvalidAnnotationsError(f"{path}: {name} ids must be unique, repeated: {repeated[:EXAMPLES_PER_REASON]}")
+            raise InvalidAnnotationsError(f"{path}: {name} ids must be unique, "
+                                          f"repeated: {repeated[:EXAMPLES_PER_REASON]}")
     return data
 
 
@@ -249,7 +251,8 @@ class LabelMap:
     def from_dict(cls, data, source="label map"):
         """Inverse of to_dict; raises ValueError naming `source` if labels are not 1..C in order."""
         try:
-            categories = tuple(Category(int(c["label"]), int(c["category_id"]), str(c["name"])) for c in data["categories"])
+            categories = tuple(Category(int(c["label"]), int(c["category_id"]), str(c["name"]))
+                               for c in data["categories"])
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"{source}: not a label map ({type(error).__name__}: {error})") from None
         if [c.label for c in categories] != list(range(1, len(categories) + 1)):
@@ -476,7 +479,8 @@ def _segmentation_parts(segmentation, height, width):
     if isinstance(segmentation, dict):
         return list(geometry.coco_segmentation_to_polygons(segmentation, height, width))
     if not isinstance(segmentation, (list, tuple)) or not segmentation:
-        raise GeometryError("bad_segmentation", f"segmentation: expected a polygon list or RLE, got {segmentation!r:.40}")
+        raise GeometryError("bad_segmentation",
+                            f"segmentation: expected a polygon list or RLE, got {segmentation!r:.40}")
     parts = []
     for index, flat in enumerate(segmentation):
         try:
@@ -491,7 +495,8 @@ def _clip_part(part, height, width):
     "zero_size_box" if the result has zero width or height (e.g. the part lies outside)."""
     low = -COCO_PIXEL_OFFSET
     clipped = np.stack(
-        [np.clip(part[:, 0], low, width - COCO_PIXEL_OFFSET), np.clip(part[:, 1], low, height - COCO_PIXEL_OFFSET)], axis=1
+        [np.clip(part[:, 0], low, width - COCO_PIXEL_OFFSET), np.clip(part[:, 1], low, height - COCO_PIXEL_OFFSET)],
+        axis=1,
     ).astype(np.float32)
     extent = clipped.max(axis=0) - clipped.min(axis=0)
     if not np.all(extent > 0):
@@ -578,7 +583,7 @@ def image_instances(annotations, height, width, label_map, min_area=DEFAULT_MIN_
     for c in candidates:
         areas, centres = all_areas[offset : offset + len(c.parts)], all_centres[offset : offset + len(c.parts)]
         offset += len(c.parts)
-        c.failures += [(i, "zero_area") for i, a in zip(c.indices, areas) if a <= MIN_PART_AREA]
+        c.failures += [(i, "zero_area") for i, a in zip(c.indices, areas, strict=True) if a <= MIN_PART_AREA]
         order = [k for k in np.argsort(-areas, kind="stable") if areas[k] > MIN_PART_AREA]
         if not order:
             skips.annotations.add(min(c.failures)[1], c.annotation_id)

@@ -17,6 +17,7 @@ import tensorflow as tf
 from polarmask_tf.data import augment, targets, tfrecord
 from polarmask_tf.modeling import preprocessing
 
+
 def _select_instances(parsed, max_instances, max_vertices):
     """The (at most max_instances, largest COCO area first) instances, padded to max_instances."""
     count = tf.shape(parsed["labels"])[0]
@@ -44,7 +45,8 @@ def make_example_fn(config, training):
     data, polar = config.data, config.polar
     padded = preprocessing.padded_image_shape(data)
     encode = tf.function(
-        lambda labels, boxes, centers, polygons: targets.encode_targets(labels, boxes, centers, polygons, padded, polar),
+        lambda labels, boxes, centers, polygons: targets.encode_targets(
+            labels, boxes, centers, polygons, padded, polar),
         jit_compile=data.jit_targets,
     )
 

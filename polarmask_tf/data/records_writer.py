@@ -69,7 +69,7 @@ class ShardWriter:
         """Closes every shard and moves it to its final name."""
         for writer in self._writers:
             writer.close()
-        for temporary, path in zip(self.temporaries, self.paths):
+        for temporary, path in zip(self.temporaries, self.paths, strict=True):
             os.replace(temporary, path)
         self._done = True
 
@@ -269,10 +269,12 @@ def format_report(report):
         f"skipped annotations: {_reasons(annotations['skipped'])}",
     ]
     if report["dropped_parts_of_kept_annotations"]["counts"]:
-        lines.append(f"dropped polygon parts of kept annotations: {_reasons(report['dropped_parts_of_kept_annotations'])}")
+        lines.append("dropped polygon parts of kept annotations: "
+                     f"{_reasons(report['dropped_parts_of_kept_annotations'])}")
     if report["reencoded_images"]["counts"]:
         lines.append(f"images re-encoded as PNG: {_reasons(report['reencoded_images'])}")
-    lines += [f"shard: {path} ({n} records)" for path, n in zip(report["shards"], report["records_per_shard"])]
+    lines += [f"shard: {path} ({n} records)"
+              for path, n in zip(report["shards"], report["records_per_shard"], strict=True)]
     if report["label_map"]:
         lines.append(f"label map: {report['label_map']} ({report['num_classes']} classes)")
     lines.append(f"report: {report['output_prefix']}-report.json")

@@ -276,7 +276,7 @@ def draw_image(rng, width, height):
                 break
         else:
             continue
-        overlapped = [c for m, c in zip(full_masks, colours) if np.any(m & mask)]
+        overlapped = [c for m, c in zip(full_masks, colours, strict=True) if np.any(m & mask)]
         references = np.array([image[mask].mean(axis=0), *overlapped])
         colour = _pick_colour(rng, references)
         _paint(rng, image, mask, colour)
@@ -284,7 +284,7 @@ def draw_image(rng, width, height):
         colours.append(colour)
         category_ids.append(int(kind_index) + 1)
         described = candidate
-    instances = [dict(category_id=c, **d) for c, d in zip(category_ids, described)]
+    instances = [dict(category_id=c, **d) for c, d in zip(category_ids, described, strict=True)]
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), instances
 
 

@@ -106,7 +106,9 @@ def _candidates(labels, boxes, centers, image_shape, polar):
         ok = inside_x[:, None, :] & inside_y[:, :, None] & (extent >= low) & (extent <= high) & active
         index = base + tf.cast(i, tf.int32)[:, :, None] * cols + tf.cast(j, tf.int32)[:, None, :]
         point_index.append(tf.reshape(tf.where(ok, index, 0), [-1]))
-        instance_index.append(tf.reshape(tf.broadcast_to(tf.range(tf.shape(labels)[0])[:, None, None], tf.shape(ok)), [-1]))
+        instance_index.append(
+            tf.reshape(tf.broadcast_to(tf.range(tf.shape(labels)[0])[:, None, None], tf.shape(ok)), [-1])
+        )
         valid.append(tf.reshape(ok, [-1]))
         base += rows * cols
     return tf.concat(point_index, 0), tf.concat(instance_index, 0), tf.concat(valid, 0)

@@ -98,7 +98,8 @@ def parse_example(serialized):
     part_num_vertices (int32 [S]), part_vertices (float32 [T, 2]).
     """
     parsed = tf.io.parse_single_example(serialized, FEATURES)
-    dense = {key: tf.sparse.to_dense(value) if isinstance(value, tf.SparseTensor) else value for key, value in parsed.items()}
+    dense = {key: tf.sparse.to_dense(value) if isinstance(value, tf.SparseTensor) else value
+             for key, value in parsed.items()}
     return {
         "encoded": dense["image/encoded"],
         "format": dense["image/format"],

@@ -146,7 +146,7 @@ def _application(name, factory, weights):
                 f"include_top=False): {str(error).splitlines()[0]}"
             ) from error
     for warning in caught:
-        warnings.warn(warning.message, warning.category)
+        warnings.warn(warning.message, warning.category, stacklevel=2)
     return application
 
 
@@ -173,7 +173,8 @@ def _conv_bn(x, filters, kernel_size, name, strides=1, groups=1, relu=True):
     torch) [+ ReLU]. Explicit padding matters at stride 2, where "same" would pad only bottom/right."""
     if kernel_size == 3:
         x = keras.layers.ZeroPadding2D(1, name=f"{name}_pad")(x)
-    x = keras.layers.Conv2D(filters, kernel_size, strides=strides, groups=groups, use_bias=False, name=f"{name}_conv")(x)
+    x = keras.layers.Conv2D(filters, kernel_size, strides=strides, groups=groups, use_bias=False,
+                            name=f"{name}_conv")(x)
     x = keras.layers.BatchNormalization(epsilon=1e-5, name=f"{name}_bn")(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x) if relu else x
 

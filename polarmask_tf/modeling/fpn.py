@@ -40,7 +40,7 @@ def build_fpn(features, channels=256, name="fpn"):
     """
     if len(features) != 3:
         raise ValueError(f"build_fpn expects [C3, C4, C5], got {len(features)} feature maps")
-    laterals = [_conv(channels, 1, f"{name}_lateral_c{level}")(c) for level, c in zip((3, 4, 5), features)]
+    laterals = [_conv(channels, 1, f"{name}_lateral_c{level}")(c) for level, c in zip((3, 4, 5), features, strict=True)]
 
     merged = [laterals[2]]
     for level in (4, 3):
@@ -48,7 +48,7 @@ def build_fpn(features, channels=256, name="fpn"):
             merged[0]
         )
         merged.insert(0, keras.layers.Add(name=f"{name}_merge_p{level}")([laterals[level - 3], upsampled]))
-    outputs = [_conv(channels, 3, f"{name}_output_p{level}")(m) for level, m in zip((3, 4, 5), merged)]
+    outputs = [_conv(channels, 3, f"{name}_output_p{level}")(m) for level, m in zip((3, 4, 5), merged, strict=True)]
 
     # "conv3x3 s2 p1" as in the original: explicit symmetric padding. Keras "same" with stride 2 pads
     # only the bottom/right of an even-sized map, which would shift P6/P7 by half a P5 cell.

@@ -95,7 +95,7 @@ def build_model(config):
     outputs = {}
     for key in OUTPUT_KEYS:
         flat = []
-        for level, level_outputs in zip(pyramid.LEVELS, per_level):
+        for level, level_outputs in zip(pyramid.LEVELS, per_level, strict=True):
             channels = level_outputs[key].shape[-1]
             # float32 layers: under a mixed policy, layers would otherwise cast the outputs back down.
             target = (-1,) if key == "centerness" else (-1, channels)

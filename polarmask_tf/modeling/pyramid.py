@@ -43,7 +43,7 @@ def locations(height, width, grid="cell_center"):
     """Location centres of all levels, numpy: points float32 [P, 2] (x, y, pixels) and level
     index int32 [P] (0 = P3)."""
     points, levels = [], []
-    for level, ((rows, cols), stride) in enumerate(zip(level_shapes(height, width), STRIDES)):
+    for level, ((rows, cols), stride) in enumerate(zip(level_shapes(height, width), STRIDES, strict=True)):
         offset = grid_offset(stride, grid)
         ys, xs = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
         grid_points = np.stack([xs * stride + offset, ys * stride + offset], -1).reshape(-1, 2)

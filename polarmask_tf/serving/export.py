@@ -36,7 +36,9 @@ import tempfile
 import keras
 import tensorflow as tf
 
-from polarmask_tf import config as cfg, geometry, postprocess as postprocess_lib
+from polarmask_tf import config as cfg
+from polarmask_tf import geometry
+from polarmask_tf import postprocess as postprocess_lib
 from polarmask_tf.modeling import preprocessing
 from polarmask_tf.serving import warmup
 

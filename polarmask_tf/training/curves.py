@@ -33,8 +33,9 @@ def plot(scalars, output, title):
     figure, (losses, rate) = plt.subplots(1, 2, figsize=(11, 4), dpi=110, gridspec_kw={"width_ratios": [3, 1]})
     for tag in LOSSES:
         if tag in scalars:
-            steps, values = zip(*scalars[tag])
-            losses.plot(steps, values, label=tag.split("/")[1].replace("_loss", ""), linewidth=1.5 if "total" in tag else 1)
+            steps, values = zip(*scalars[tag], strict=True)
+            losses.plot(steps, values, label=tag.split("/")[1].replace("_loss", ""),
+                        linewidth=1.5 if "total" in tag else 1)
     losses.set_xlabel("step")
     losses.set_ylabel("loss")
     losses.set_yscale("log")
@@ -42,7 +43,7 @@ def plot(scalars, output, title):
     losses.legend()
     losses.set_title(title)
     if "learning_rate" in scalars:
-        steps, values = zip(*scalars["learning_rate"])
+        steps, values = zip(*scalars["learning_rate"], strict=True)
         rate.plot(steps, values, color="black")
     rate.set_xlabel("step")
     rate.set_title("learning rate")

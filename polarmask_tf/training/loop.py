@@ -195,7 +195,7 @@ class Trainer:
             # reaches the optimiser's cross-replica merge_call fails under MirroredStrategy.
             finite = tf.math.is_finite(total) & tf.math.is_finite(norm)
             gradients = [tf.where(finite, g, tf.zeros_like(g)) for g in gradients]
-        self.optimizer.apply_gradients(zip(gradients, variables))
+        self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
         values["grad_norm"] = norm / replicas  # summed across replicas below
         values["positives_per_image"] = normalizers["num_positives"] / normalizers["num_images"] / replicas
         # identity: a tensor from outside strategy.run has no replica device to reduce onto
@@ -339,7 +339,7 @@ def initialize_from(model, config, checkpoint):
         )
     source = inference.load_model(source_config, checkpoint)
     fresh = []
-    for target, value in zip(model.weights, source.weights):
+    for target, value in zip(model.weights, source.weights, strict=True):
         if tuple(target.shape) == tuple(value.shape):
             target.assign(value)
         elif "cls_logits" in target.path:
