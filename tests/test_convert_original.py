@@ -30,6 +30,8 @@ from polarmask_tf.training import loop  # noqa: E402
 import original_torch  # noqa: E402  (needs torch)
 from conftest import SHARED_DIR, synthetic_train_records  # noqa: E402
 
+pytestmark = pytest.mark.slow  # end-to-end: exports, conversions, subprocesses; -m "not slow" skips
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 R50_SIZE = "data.image_size=[256,384]"
 

@@ -106,6 +106,7 @@ def coco128(tmp_path_factory):
     return json.loads(annotations.read_text()), prefix, report
 
 
+@pytest.mark.slow
 def test_coco128_round_trip(coco128):
     data, prefix, report = coco128
     records = _read_shards(report["shards"])
@@ -149,6 +150,7 @@ def test_synthetic_round_trip_never_skips(synthetic_data, tmp_path):
     assert report["dropped_parts_of_kept_annotations"]["counts"] == {}
 
 
+@pytest.mark.slow
 def test_worker_processes_write_the_same_shards_as_the_main_process(synthetic_data, tmp_path, capsys):
     annotations = synthetic_data / "annotations" / "instances_train.json"
     _, in_process = _convert(tmp_path, annotations, synthetic_data / "train", name="main", num_shards=3)

@@ -18,6 +18,8 @@ from polarmask_tf.training import distribute
 
 from conftest import synthetic_train_records
 
+pytestmark = pytest.mark.slow  # end-to-end: exports, conversions, subprocesses; -m "not slow" skips
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "quickstart.yaml")
 

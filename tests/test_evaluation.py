@@ -141,6 +141,7 @@ def _expected_ap(ious, categories, thresholds, recall_thresholds):
     return np.array(ap)
 
 
+@pytest.mark.slow
 def test_ray_reconstructions_score_the_ap_their_upper_bound_ious_imply(val_split):
     """36 exact rays from each instance's mass centre: the IoUs upper_bound.instance_ious measures
     determine COCO's AP exactly when each detection is ranked by its IoU; with all scores equal the

@@ -251,6 +251,7 @@ def test_all_reduce_normalizers_is_the_identity_on_one_device():
     assert as_floats(losses.all_reduce_normalizers(local)) == as_floats(local)
 
 
+@pytest.mark.slow
 def test_jitted_loss_under_a_two_replica_mirrored_strategy():
     # Needs two logical CPU devices, configured before TensorFlow starts: a fresh process.
     script = textwrap.dedent(

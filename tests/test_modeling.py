@@ -290,6 +290,7 @@ def test_p6_and_p7_are_stride_2_convs_with_one_pixel_padding(p5_size):
     assert p6.shape[:2] == ((h + 1) // 2, (w + 1) // 2)
 
 
+@pytest.mark.slow
 def test_resnext101_64x4d_layout():
     """Pytorch style (stride on the grouped 3x3), 64 groups of width 4 doubling per stage, torch's BN eps."""
     backbone = backbones.build_backbone(config_lib.ModelConfig(backbone="resnext101_64x4d"))

@@ -46,6 +46,7 @@ def make_config(shards, *overrides):
     )
 
 
+@pytest.mark.slow
 def test_training_batches_have_static_shapes_and_real_targets(shards):
     config = make_config(shards, "data.scale_range=[0.6, 1.0]", "data.photometric_jitter=true")
     dataset = pipeline.build_dataset(config, training=True)
@@ -65,6 +66,7 @@ def test_training_batches_have_static_shapes_and_real_targets(shards):
         assert np.all(batch["resized_size"].numpy() <= 256)
 
 
+@pytest.mark.slow
 def test_evaluation_is_one_ordered_pass_with_image_info(shards):
     config = make_config(shards)
     batches = list(pipeline.build_dataset(config, training=False))
@@ -76,6 +78,7 @@ def test_evaluation_is_one_ordered_pass_with_image_info(shards):
         assert np.all(resized.max(axis=1) == 256)  # keep_ratio: the longer side fills the canvas
 
 
+@pytest.mark.slow
 def test_deterministic_mode_repeats_exactly(shards):
     config = make_config(shards, "data.deterministic=true", "data.scale_range=[0.5, 1.0]")
     first = [b for b in pipeline.build_dataset(config, training=True).take(3)]
@@ -87,6 +90,7 @@ def test_deterministic_mode_repeats_exactly(shards):
     assert len({tuple(s) for s in sizes}) > 1  # multi-scale really varies the scale
 
 
+@pytest.mark.slow
 def test_input_context_shards_per_pipeline_and_splits_the_global_batch(shards):
     config = make_config(shards, "data.batch_size=4")
     seen = []
@@ -153,6 +157,7 @@ def test_horizontal_flip_mirrors_image_polygons_and_keeps_orientation():
     assert np.sign(float(geometry.polygon_area(moved.polygons[0]))) == np.sign(float(geometry.polygon_area(polygon)))
 
 
+@pytest.mark.slow
 def test_flipped_image_gets_mirrored_targets(shards):
     """Stretching every image to the full canvas makes the image flip a symmetry of the location grid."""
     results = {}
@@ -206,6 +211,7 @@ def test_missing_shards_name_the_pattern(tmp_path):
         pipeline.build_dataset(config, training=True)
 
 
+@pytest.mark.slow
 def test_more_instances_than_the_maximum_keeps_the_largest(shards):
     config = make_config(shards, "data.max_instances=2")
     _, batch = next(iter(pipeline.build_dataset(config, training=False)))

@@ -40,6 +40,7 @@ def _val(root):
     return str(root / "synthetic" / "annotations" / "instances_val.json"), str(root / "synthetic" / "val")
 
 
+@pytest.mark.slow
 def test_predict_draws_readable_images_and_skips_the_rest(tiny_run, tmp_path, capsys):
     root, _ = tiny_run
     inputs = tmp_path / "inputs"
@@ -77,6 +78,7 @@ def test_predict_fails_when_no_file_is_an_image(tiny_run, tmp_path, capsys):
     assert not (tmp_path / "out" / "results.json").exists()
 
 
+@pytest.mark.slow
 def test_show_targets_draws_tfrecord_examples(tiny_run, tmp_path, capsys):
     root, _ = tiny_run
     annotations, images_dir = _val(root)
@@ -90,6 +92,7 @@ def test_show_targets_draws_tfrecord_examples(tiny_run, tmp_path, capsys):
     assert "positive locations" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_evaluate_cli_end_to_end(tiny_run, tmp_path, capsys):
     root, _ = tiny_run
     annotations, images_dir = _val(root)
@@ -108,6 +111,7 @@ def test_evaluate_cli_end_to_end(tiny_run, tmp_path, capsys):
     assert len(loaded.anns) == metrics["num_detections"]
 
 
+@pytest.mark.slow
 def test_evaluate_cli_rejects_a_checkpoint_of_another_config(tiny_run, tmp_path):
     root, config = tiny_run
     other = tmp_path / "other.yaml"
@@ -121,6 +125,7 @@ def test_evaluate_cli_rejects_a_checkpoint_of_another_config(tiny_run, tmp_path)
     assert "Traceback" not in finished.stderr
 
 
+@pytest.mark.slow
 def test_evaluator_skips_unreadable_images_and_reuses_its_predictor(tiny_run, tmp_path):
     root, config = tiny_run
     annotations, original_dir = _val(root)

@@ -3,7 +3,11 @@
 import json
 import os
 
+import pytest
+
 from polarmask_tf.cli import quickstart
+
+pytestmark = pytest.mark.slow  # end-to-end: exports, conversions, subprocesses; -m "not slow" skips
 
 
 def test_quickstart_makes_data_trains_and_resumes(tmp_path, capsys):

@@ -23,6 +23,8 @@ from polarmask_tf.serving import client, export, warmup
 
 import tf_serving_double
 
+pytestmark = pytest.mark.slow  # end-to-end: exports, conversions, subprocesses; -m "not slow" skips
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["data.image_size=[128, 128]", "model.prior_prob=0.2", "postprocess.max_detections=12",
         "model.fpn_channels=16", "model.head_channels=16", "model.head_convs=1", "model.group_norm_groups=4"]

@@ -30,6 +30,8 @@ from polarmask_tf.data import coco, synthetic  # noqa: E402
 from polarmask_tf.modeling.model import build_model  # noqa: E402
 from polarmask_tf.serving import export, warmup  # noqa: E402
 
+pytestmark = pytest.mark.slow  # end-to-end: exports, conversions, subprocesses; -m "not slow" skips
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["data.image_size=[128, 128]", "postprocess.max_detections=4", "model.fpn_channels=8",
         "model.head_channels=8", "model.head_convs=1", "model.group_norm_groups=2"]

@@ -92,6 +92,7 @@ def _xla_encoder(polar):
     return tf.function(lambda *a: targets.encode_targets(*a, (256, 256), polar), jit_compile=True)
 
 
+@pytest.mark.slow
 def test_encoder_compiles_with_xla_and_matches_eager(tv8):
     _, _, (labels, boxes, centres, polygons) = tv8
     for polar in (cfg.PolarConfig(), REFERENCE):
@@ -171,6 +172,7 @@ def dense_assignment(labels, boxes, centres, image_shape, polar):
     radius=st.sampled_from([1.0, 1.5, 2.5]),
     grid=st.sampled_from(["cell_center", "original"]),
 )
+@pytest.mark.slow
 def test_candidate_enumeration_equals_the_dense_rule(data, radius, grid):
     polar = dataclasses.replace(cfg.PolarConfig(), center_sample_radius=radius, grid=grid)
     rows = np.array(data, np.float32).reshape(-1, 7)

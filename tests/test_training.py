@@ -55,6 +55,7 @@ def test_weight_decay_skips_biases_and_norm_parameters():
                        "probe/g/beta": False}
 
 
+@pytest.mark.slow
 def test_tiny_model_learns_on_four_synthetic_images(records, tmp_path):
     config = cfg.load_config(ROOT + "/configs/quickstart.yaml", tiny_overrides(records, "train.total_steps=200"))
     history = loop.Trainer(config, str(tmp_path / "run")).train(stream=DEVNULL)
@@ -87,6 +88,7 @@ def _wait_for_checkpoint(model_dir, process, timeout=240):
     raise AssertionError("no checkpoint appeared")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["sigint", "sigkill"])
 def test_interrupted_training_resumes_at_the_saved_step(records, tmp_path, how):
     config_path = ROOT + "/configs/quickstart.yaml"
@@ -115,6 +117,7 @@ def test_interrupted_training_resumes_at_the_saved_step(records, tmp_path, how):
     assert f"done: step {target}" in result.stdout
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(records, tmp_path):
     model_dir = str(tmp_path / "run")
     config = cfg.load_config(
@@ -133,6 +136,7 @@ def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(records, tmp_p
     assert restored.step == int(latest.rsplit("-", 1)[1]) < 60
 
 
+@pytest.mark.slow
 def test_errors_name_the_problem(records, tmp_path):
     with pytest.raises(cfg.ConfigError, match="unknown key 'train.steps'"):
         cfg.load_config(ROOT + "/configs/quickstart.yaml", ["train.steps=5"])
@@ -151,6 +155,7 @@ def test_errors_name_the_problem(records, tmp_path):
         loop.Trainer(other, model_dir)
 
 
+@pytest.mark.slow
 def test_train_main_reports_errors_with_exit_code_2(tmp_path):
     result = subprocess.run(
         _train_command(ROOT + "/configs/quickstart.yaml", str(tmp_path / "run"), "train.total_steps=abc"),
@@ -160,6 +165,7 @@ def test_train_main_reports_errors_with_exit_code_2(tmp_path):
     assert result.stderr.startswith("error: ") and "train.total_steps: expected int, got str 'abc'" in result.stderr
 
 
+@pytest.mark.slow
 def test_periodic_evaluation_writes_ap_to_tensorboard(records, tmp_path):
     from polarmask_tf.training import curves
 
@@ -178,6 +184,7 @@ def test_periodic_evaluation_writes_ap_to_tensorboard(records, tmp_path):
         cfg.load_config(ROOT + "/configs/quickstart.yaml", tiny_overrides(records, "train.eval_every=5"))
 
 
+@pytest.mark.slow
 def test_a_trained_checkpoint_loads_for_inference_with_identical_outputs(records, tmp_path):
     from polarmask_tf import inference
 
