@@ -12,6 +12,7 @@ import os
 
 import tensorflow as tf
 
+from polarmask_tf import checkpoints
 from polarmask_tf import config as cfg
 from polarmask_tf import postprocess as postprocess_lib
 from polarmask_tf.modeling import preprocessing
@@ -23,11 +24,12 @@ class CheckpointMismatchError(ValueError):
 
 
 def find_checkpoint(path):
-    """A checkpoint prefix from a prefix, a model dir or its checkpoints/ dir; FileNotFoundError
-    naming the path otherwise."""
+    """A checkpoint prefix from a prefix, a model dir or its checkpoints/ dir (its newest ckpt-N
+    with an index file, whatever the state file says: checkpoints.latest_checkpoint);
+    FileNotFoundError naming the path otherwise."""
     for directory in (path, os.path.join(path, "checkpoints")):
         if os.path.isdir(directory):
-            latest = tf.train.latest_checkpoint(directory)
+            latest = checkpoints.latest_checkpoint(directory)
             if latest:
                 return latest
     if tf.io.gfile.exists(path + ".index"):

@@ -112,7 +112,20 @@ def test_tf_config_strategies_and_roles(monkeypatch):
     one = distribute.make_strategy("one_device")
     assert isinstance(distribute.make_strategy("auto"), tf.distribute.OneDeviceStrategy)  # no GPUs here
     assert distribute.is_chief(one) and distribute.task(one) == ("worker", 0)
-    assert distribute.scratch_dir("runs/x", one, "/scratch").startswith("/scratch/polarmask-worker-0-")
+
+
+def test_scratch_dirs_are_fresh_private_and_follow_no_planted_link(tmp_path):
+    one = distribute.make_strategy("one_device")
+    target = tmp_path / "victim"
+    target.mkdir()
+    for name in ("polarmask-worker-0-", "polarmask-worker-0-a", "polarmask-worker-0-0"):
+        (tmp_path / name).symlink_to(target)  # what an attacker would plant at a guessable name
+    made = {distribute.scratch_dir(one, str(tmp_path)) for _ in range(3)}
+    assert len(made) == 3
+    for path in made:
+        assert os.path.basename(path).startswith("polarmask-worker-0-") and not os.path.islink(path)
+        assert os.stat(path).st_mode & 0o777 == 0o700
+    assert not os.listdir(target)
 
 
 def test_mirrored_over_two_cpus_equals_one_device(records, tmp_path):

@@ -199,3 +199,30 @@ def test_draw_detections_without_detections_returns_the_image():
     empty = {"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "classes": np.zeros(0, int),
              "polygons": np.zeros((0, 36, 2))}
     np.testing.assert_array_equal(visualize.draw_detections(image, empty), image)
+
+
+def _inputs_with_a_fifo(tmp_path):
+    import cv2
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    os.mkfifo(inputs / "pipe.jpg")
+    cv2.imwrite(str(inputs / "ok.png"), synthetic.render_image(0, 0, 96, 128)[0][..., ::-1])
+    return inputs
+
+
+def test_expand_inputs_keeps_regular_files_and_reports_the_rest(tmp_path):
+    inputs = _inputs_with_a_fifo(tmp_path)
+    files, others = predict.expand_inputs([str(inputs), str(inputs / "pipe.jpg"), str(inputs / "*.jpg")])
+    assert files == [str(inputs / "ok.png")] and others == [str(inputs / "pipe.jpg")]
+
+
+@pytest.mark.slow
+def test_a_fifo_among_the_inputs_is_skipped_not_read(tiny_run, tmp_path, capsys):
+    """Opening a FIFO blocks until someone writes to it: predict must not open one."""
+    root, _ = tiny_run
+    inputs = _inputs_with_a_fifo(tmp_path)
+    status = predict.main(["--model-dir", str(root / "run"), "--images", str(inputs / "*"),
+                           "--output-dir", str(tmp_path / "out")])
+    assert status == 0
+    assert f"skipped: {inputs / 'pipe.jpg'} is not a regular file" in capsys.readouterr().out

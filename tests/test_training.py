@@ -1,7 +1,9 @@
 """Training: schedule, optimiser, learning on synthetic images, resume after interruption, errors."""
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -10,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from polarmask_tf import checkpoints
 from polarmask_tf import config as cfg
 from polarmask_tf.training import loop, optimization
 
@@ -220,3 +223,78 @@ def test_init_checkpoint_copies_all_but_a_resized_class_conv_and_refuses_another
     other = cfg.apply_overrides(source_config, ["model.head_channels=8"])
     with pytest.raises(loop.ArchitectureMismatchError, match="model.head_channels: 16 there, 8 here"):
         loop.initialize_from(loop.build_training_state(other)[0], other, str(tmp_path / "source"))
+
+
+@pytest.fixture(scope="module")
+def three_checkpoints(records, tmp_path_factory):
+    """A tiny model trained 3 steps with a checkpoint after each: MODEL_DIR/checkpoints/ckpt-{1,2,3}."""
+    model_dir = tmp_path_factory.mktemp("ckpts") / "run"
+    config = cfg.load_config(ROOT + "/configs/quickstart.yaml", tiny_overrides(
+        records, "train.total_steps=3", "train.checkpoint_every=1", "train.keep_checkpoints=5"))
+    loop.Trainer(config, str(model_dir)).train(stream=DEVNULL)
+    return config, model_dir
+
+
+def _copy(three_checkpoints, tmp_path):
+    import shutil
+
+    config, model_dir = three_checkpoints
+    copy = tmp_path / "run"
+    shutil.copytree(model_dir, copy)
+    return config, copy
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["index", "data", "truncated", "state"])
+def test_a_damaged_newest_checkpoint_resumes_from_the_next_and_deletes_nothing(three_checkpoints, tmp_path, damage):
+    config, run = _copy(three_checkpoints, tmp_path)
+    ckpts = run / "checkpoints"
+    data = next(ckpts.glob("ckpt-3.data-*"))
+    if damage == "index":
+        (ckpts / "ckpt-3.index").unlink()
+    elif damage == "data":
+        data.unlink()
+    elif damage == "truncated":
+        data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    else:
+        (ckpts / "checkpoint").unlink()
+    trainer = loop.Trainer(config, str(run))
+    restored = trainer.restore()
+    expected = 3 if damage == "state" else 2
+    assert restored == str(ckpts / f"ckpt-{expected}") and trainer.step == expected
+    if damage in ("data", "truncated"):  # the unreadable one is kept, aside
+        assert list((ckpts / "broken").glob("ckpt-3.*")) and not list(ckpts.glob("ckpt-3.*"))
+    assert tf.train.latest_checkpoint(str(ckpts)) == restored  # the state file tells the truth again
+    assert {p.name for p in ckpts.glob("ckpt-1.*")} and {p.name for p in ckpts.glob("ckpt-2.*")}
+
+
+@pytest.mark.slow
+def test_checkpoints_that_all_fail_stop_training_instead_of_starting_over(three_checkpoints, tmp_path):
+    config, run = _copy(three_checkpoints, tmp_path)
+    ckpts = run / "checkpoints"
+    for index in ckpts.glob("*.index"):
+        index.unlink()
+    before = sorted(p.name for p in ckpts.iterdir())
+    with pytest.raises(checkpoints.CheckpointError, match="holds checkpoints but none can be restored"):
+        loop.Trainer(config, str(run)).train(stream=DEVNULL)
+    assert sorted(p.name for p in ckpts.iterdir()) == before
+
+
+@pytest.mark.slow
+def test_a_second_training_in_the_same_model_dir_is_refused(three_checkpoints, tmp_path):
+    config, run = _copy(three_checkpoints, tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = run / checkpoints.LOCK_FILE
+        lock.write_text(json.dumps({"host": socket.gethostname(), "pid": holder.pid, "started": time.time()}))
+        config_before = (run / "config.yaml").read_text()
+        with pytest.raises(checkpoints.ModelDirLocked, match=f"being trained by process {holder.pid}"):
+            loop.Trainer(cfg.apply_overrides(config, ["train.total_steps=9"]), str(run))
+        assert (run / "config.yaml").read_text() == config_before  # refused before writing anything
+    finally:
+        holder.kill()
+        holder.wait()
+    trainer = loop.Trainer(config, str(run))  # the holder is gone: its lock is stale and taken over
+    assert trainer._lock.taken_over["pid"] == holder.pid
+    trainer.train(stream=DEVNULL)
+    assert not lock.exists()  # released when training ends

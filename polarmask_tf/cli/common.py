@@ -39,6 +39,14 @@ def parser(doc):
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
+def positive_int(text):
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def add_config(parser, required=False, default=None):
     help_text = "YAML config" if required or default else "YAML config (default: the model dir's config.yaml)"
     parser.add_argument("--config", required=required, default=default, help=help_text)
@@ -122,11 +130,13 @@ def expected_errors():
     """The errors a command reports as a one-line message with exit status 2: every error of this
     project that describes bad input is a ValueError (ConfigError, CheckpointMismatchError,
     ConversionError, InvalidAnnotationsError, UsageError, ...), files that are missing, exist already
-    or cannot be read are OSErrors, and a diverging training run is NonFiniteLossError."""
+    or cannot be read are OSErrors; a diverging training run is NonFiniteLossError, a model dir whose
+    checkpoints cannot be restored CheckpointError, one another training holds ModelDirLocked."""
+    from polarmask_tf.checkpoints import CheckpointError, ModelDirLocked
     from polarmask_tf.serving.client import ServingError
     from polarmask_tf.training.loop import NonFiniteLossError
 
-    return ValueError, OSError, NonFiniteLossError, ServingError
+    return ValueError, OSError, NonFiniteLossError, ServingError, CheckpointError, ModelDirLocked
 
 
 def guarded(command, args, stream):

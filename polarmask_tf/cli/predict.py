@@ -34,18 +34,22 @@ from polarmask_tf.cli import common
 
 
 def expand_inputs(patterns):
-    """Files named by paths, directories (their files, sorted) and globs, in order, without repeats."""
-    files = []
+    """(files, others): the regular files named by paths, directories (their entries, sorted) and
+    globs, in order, without repeats; and the other paths met (FIFOs, sockets, devices,
+    directories inside a glob), which are never opened: reading a FIFO would block."""
+    files, others = [], []
     for pattern in patterns:
         if os.path.isdir(pattern):
             found = sorted(os.path.join(pattern, name) for name in os.listdir(pattern))
-            found = [path for path in found if os.path.isfile(path)]
-        elif os.path.exists(pattern):
+        elif os.path.lexists(pattern):
             found = [pattern]
         else:
             found = sorted(glob.glob(pattern))
-        files += [path for path in found if path not in files]
-    return files
+        for path in found:
+            if path in files or path in others:
+                continue
+            (files if os.path.isfile(path) else others).append(path)
+    return files, others
 
 
 def output_names(paths, suffix=".png"):
@@ -75,14 +79,17 @@ def predict_images(args, config, stream):
     from polarmask_tf.data import coco
     from polarmask_tf.progress import ProgressBar
 
-    files = expand_inputs(args.images)[: args.max_images]
+    files, others = expand_inputs(args.images)
+    for path in others:
+        print(f"skipped: {path} is not a regular file", file=stream)
+    files = files[: args.max_images]
     if not files:
-        print(f"error: no files match {' '.join(args.images)}", file=sys.stderr)
+        print(f"error: no regular files match {' '.join(args.images)}", file=sys.stderr)
         return 1
     label_map = common.label_map(args, config)
     names = {c.label: c.name for c in label_map.categories}
     outputs = dict(zip(files, output_names(files), strict=True))
-    predictor, results, written, skipped = None, [], 0, 0
+    predictor, results, written, skipped = None, [], 0, len(others)
     bar = ProgressBar(len(files), desc="predict", stream=sys.stderr)
     for first in range(0, len(files), args.batch_size):
         batch, loaded = files[first : first + args.batch_size], []
@@ -127,7 +134,7 @@ def show_targets(args, config, stream):
     from polarmask_tf import visualize
     from polarmask_tf.data import pipeline
 
-    files = [path for path in expand_inputs(args.images) if path.endswith(".tfrecord")]
+    files = [path for path in expand_inputs(args.images)[0] if path.endswith(".tfrecord")]
     if not files:
         print(f"error: --show-targets needs TFRecord shards (*.tfrecord); none match {' '.join(args.images)}",
               file=sys.stderr)
@@ -158,8 +165,9 @@ def build_parser():
     parser.add_argument("--draw-rays", action="store_true", help="draw each detection's rays from its centre")
     parser.add_argument("--show-targets", action="store_true",
                         help="draw the encoded training targets of TFRecord shards instead of predicting")
-    parser.add_argument("--max-images", type=int, default=None, help="only the first N inputs (targets: default 8)")
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--max-images", type=common.positive_int, default=None,
+                        help="only the first N inputs (targets: default 8)")
+    parser.add_argument("--batch-size", type=common.positive_int, default=4)
     return parser
 
 

@@ -28,7 +28,7 @@ def build_parser():
                         help="multi_worker without TF_CONFIG: host:port of every worker, comma-separated")
     parser.add_argument("--task-index", type=int,
                         help="multi_worker without TF_CONFIG: this worker's index in --worker-hosts")
-    parser.add_argument("--cpu-replicas", type=int, default=1,
+    parser.add_argument("--cpu-replicas", type=common.positive_int, default=1,
                         help="mirrored without GPUs: split the CPU into this many replicas (testing)")
     parser.add_argument("--scratch-dir", help="where non-chief workers save (default: the system temp dir)")
     return parser
@@ -42,8 +42,6 @@ def train(args, stream):
     from polarmask_tf.training import distribute, loop
 
     logging.set_verbosity(logging.WARNING)
-    if args.cpu_replicas < 1:
-        raise common.UsageError("--cpu-replicas must be at least 1")
     if (args.worker_hosts is None) != (args.task_index is None):
         raise common.UsageError("--worker-hosts and --task-index go together")
     config = cfg.load_config(args.config, args.set)

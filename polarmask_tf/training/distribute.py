@@ -16,7 +16,6 @@ and config.yaml into the model dir; the other workers write their checkpoints to
 directory, because saving is a collective step every worker takes part in.
 """
 
-import hashlib
 import json
 import os
 import tempfile
@@ -92,9 +91,17 @@ def is_chief(strategy):
     return task_type == "chief" or (not has_chief and task_type == "worker" and task_id == 0)
 
 
-def scratch_dir(model_dir, strategy, root=None):
-    """Where a non-chief worker writes: ROOT/polarmask-<task>-<id>-<hash of model_dir> (ROOT: the
-    system temp dir by default)."""
+def is_multi_worker(strategy):
+    """Whether `strategy` spans several processes (workers of a cluster)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    spec = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    return sum(len(tasks) for tasks in spec.values()) > 1
+
+
+def scratch_dir(strategy, root=None):
+    """A new directory for a non-chief worker's writes: ROOT/polarmask-<task>-<id>-<random>, made
+    by tempfile.mkdtemp (mode 0700, a fresh name, so nothing planted at a predictable path, such as
+    a symlink in /tmp, is followed). ROOT: the system temp dir by default. The worker deletes it
+    when training ends; it never restores from it (every worker restores from the model dir)."""
     task_type, task_id = task(strategy)
-    digest = hashlib.sha1(os.path.abspath(model_dir).encode()).hexdigest()[:10]
-    return os.path.join(root or tempfile.gettempdir(), f"polarmask-{task_type}-{task_id}-{digest}")
+    return tempfile.mkdtemp(prefix=f"polarmask-{task_type}-{task_id}-", dir=root)

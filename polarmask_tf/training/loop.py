@@ -31,8 +31,8 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from polarmask_tf import checkpoints, inference, losses
 from polarmask_tf import config as cfg
-from polarmask_tf import inference, losses
 from polarmask_tf.data import coco, pipeline
 from polarmask_tf.modeling.model import build_model
 from polarmask_tf.progress import ProgressBar
@@ -82,7 +82,7 @@ def check_model_dir(config, model_dir):
     """Raises ArchitectureMismatchError when model_dir's config.yaml describes another network than
     `config` (any of ARCHITECTURE_KEYS differs) while it holds checkpoints."""
     saved = os.path.join(model_dir, "config.yaml")
-    if not (os.path.exists(saved) and tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))):
+    if not (os.path.exists(saved) and checkpoints.holds_checkpoints(os.path.join(model_dir, "checkpoints"))):
         return
     try:
         previous = cfg.load_config(saved)
@@ -126,8 +126,14 @@ class Trainer:
                 f"data.batch_size={config.data.batch_size} (the global batch) does not split evenly over "
                 f"{replicas} replicas: use a multiple of {replicas}"
             )
+        self._lock = checkpoints.ModelDirLock(model_dir) if self.is_chief else None
+        if self._lock:
+            os.makedirs(model_dir, exist_ok=True)
+            self._lock.acquire()  # before anything in the model dir is written
+            if self._lock.taken_over:
+                logging.warning("took over the lock of a training that no longer runs: %s", self._lock.taken_over)
         check_model_dir(config, model_dir)
-        self.write_dir = model_dir if self.is_chief else distribute.scratch_dir(model_dir, self.strategy, scratch_root)
+        self.write_dir = model_dir if self.is_chief else distribute.scratch_dir(self.strategy, scratch_root)
         os.makedirs(self.write_dir, exist_ok=True)
         if self.is_chief:
             cfg.dump_config(config, os.path.join(model_dir, "config.yaml"))
@@ -160,17 +166,49 @@ class Trainer:
         return int(self.optimizer.iterations.numpy())
 
     def restore(self):
-        """Restores the latest checkpoint of the model dir, if any; returns its path or None."""
-        latest = tf.train.latest_checkpoint(os.path.join(self.model_dir, "checkpoints"))
-        if latest:
+        """Restores the newest checkpoint of the model dir that can be read, if any; returns its
+        path or None (no checkpoint at all).
+
+        A newer checkpoint that cannot be read (its .index or .data missing or truncated) is moved
+        into checkpoints/broken/, with a warning, and the next older one is tried; the state file
+        is rewritten to list what remains. Raises CheckpointError when the directory holds
+        checkpoint files but none can be restored (training would otherwise start again from step
+        0), and ArchitectureMismatchError when a readable checkpoint belongs to another network.
+        """
+        directory = os.path.join(self.model_dir, "checkpoints")
+        found = checkpoints.list_checkpoints(directory)
+        broken = []
+        for index, (_, prefix) in enumerate(found):
             try:
-                self.checkpoint.restore(latest).assert_existing_objects_matched()
+                self.checkpoint.restore(prefix).assert_existing_objects_matched()
             except (AssertionError, ValueError) as error:
                 raise ArchitectureMismatchError(
-                    f"{latest} does not fit this model ({str(error).splitlines()[0]}). "
-                    "Use a new --model_dir, or the configuration the checkpoint was trained with."
+                    f"{prefix} does not fit this model ({str(error).splitlines()[0]}). "
+                    "Use a new --model-dir, or the configuration the checkpoint was trained with."
                 ) from error
-        return latest
+            except (tf.errors.OpError, OSError, IndexError) as error:  # IndexError: a truncated .data file
+                broken.append((prefix, str(error).strip().splitlines()[0] or type(error).__name__))
+                continue
+            if broken and self.is_chief:
+                for bad, reason in broken:
+                    moved = checkpoints.set_aside(bad)
+                    logging.warning("checkpoint %s cannot be read (%s): moved to %s; resuming from %s",
+                                    bad, reason, moved, prefix)
+            if self.is_chief and (broken or tf.train.latest_checkpoint(directory) != prefix):
+                checkpoints.write_state(directory, [p for _, p in reversed(found[index:])])
+                self.manager = tf.train.CheckpointManager(self.checkpoint, directory,
+                                                          max_to_keep=self.config.train.keep_checkpoints)
+            return prefix
+        stray = checkpoints.stray_checkpoint_files(directory)
+        if broken or stray:
+            details = "; ".join(f"{prefix}: {reason}" for prefix, reason in broken) or (
+                f"data files without an index, e.g. {stray[0]}")
+            raise checkpoints.CheckpointError(
+                f"{directory} holds checkpoints but none can be restored ({details}). Training would start "
+                "again from step 0, so it stops here: restore the missing files, or move the checkpoints away "
+                "(or use a new --model-dir) to start from scratch."
+            )
+        return None
 
     def _replica_step(self, images, targets, stop):
         context = tf.distribute.get_replica_context()
@@ -219,9 +257,18 @@ class Trainer:
         )
 
     def train(self, total_steps=None, stream=None):
-        """Trains up to `total_steps` (default config.train.total_steps), resuming from the latest
-        checkpoint. Returns the per-step history: a list of dicts of floats."""
-        total_steps = self.config.train.total_steps if total_steps is None else total_steps
+        """Trains up to `total_steps` (default config.train.total_steps), resuming from the newest
+        readable checkpoint, holding the model dir's lock (checkpoints.ModelDirLock) meanwhile.
+        Returns the per-step history: a list of dicts of floats."""
+        if self._lock:
+            self._lock.acquire()
+        try:
+            return self._train(self.config.train.total_steps if total_steps is None else total_steps, stream)
+        finally:
+            if self._lock:
+                self._lock.release()
+
+    def _train(self, total_steps, stream):
         resumed = self.restore()
         start = self.step
         if resumed:
@@ -287,6 +334,16 @@ class Trainer:
             bar.close()
             how = "preempted" if isinstance(interrupt, TrainingPreempted) else "interrupted"
             print(f"\n{how}: saved {self.checkpoint_in_model_dir()} at step {self.step}", file=stream)
+            raise
+        except (tf.errors.OpError, OSError):
+            # An input or I/O failure between steps: the weights are those of the last completed
+            # step, so keep them. Saving is collective with several workers, and a failure on one of
+            # them would hang the others in it, so only a single worker saves here.
+            if distribute.is_multi_worker(self.strategy):
+                raise
+            bar.close()
+            self._save_final()
+            print(f"\nstopped by an error at step {self.step}: saved {self.checkpoint_in_model_dir()}", file=stream)
             raise
         finally:
             signal.signal(signal.SIGTERM, previous_sigterm)
