@@ -255,3 +255,82 @@ def test_runs_on_the_coco_train_pool(train_pool, size, padded):
     assert images.shape == (4,) + padded + (3,)
     assert (batch["labels"].numpy() > 0).sum() > 0
     assert batch["labels"].numpy().max() <= 80
+
+
+# --- bad records: refused by name when the dataset is built, or skipped when read ---------------
+
+
+def _records(shards, split="val"):
+    path = tf.io.gfile.glob(str(shards / f"{split}-*.tfrecord"))[0]
+    return path, [r.numpy() for r in tf.data.TFRecordDataset(path)]
+
+
+def _write(path, records):
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for record in records:
+            writer.write(record)
+
+
+def _with(record, **features):
+    example = tf.train.Example.FromString(record)
+    for key, value in features.items():
+        feature = example.features.feature[key]
+        if isinstance(value, bytes):
+            feature.bytes_list.value[:] = [value]
+        else:
+            feature.int64_list.value[:] = value
+    return example.SerializeToString()
+
+
+def _image_ids(config):
+    return [int(i) for _, batch in pipeline.build_dataset(config, training=False) for i in batch["image_id"]]
+
+
+def test_a_truncated_or_garbled_shard_is_refused_naming_file_record_and_offset(shards, tmp_path):
+    path, records = _records(shards)
+    _write(tmp_path / "good.tfrecord", records)
+    assert pipeline.check_shard(str(tmp_path / "good.tfrecord")) == len(records) == 2
+    data = (tmp_path / "good.tfrecord").read_bytes()
+    first = 12 + len(records[0]) + 4
+    (tmp_path / "cut.tfrecord").write_bytes(data[: first + 100])
+    with pytest.raises(ValueError, match=rf"cut.tfrecord: record 1 at byte {first} claims {len(records[1])} bytes"):
+        pipeline.check_shard(str(tmp_path / "cut.tfrecord"))
+    (tmp_path / "garbage.tfrecord").write_bytes(data[:first] + os.urandom(64) + data[first + 64:])
+    with pytest.raises(ValueError, match=r"garbage.tfrecord: (record 1 at byte|truncated at record)"):
+        pipeline.check_shard(str(tmp_path / "garbage.tfrecord"))
+    config = make_config(shards, f"data.val_files={tmp_path}/cut.tfrecord")
+    with pytest.raises(ValueError, match=r"cut.tfrecord: record 1 .*Re-create the shards"):
+        pipeline.build_dataset(config, training=False)
+
+
+def test_records_that_fail_when_read_are_skipped_and_the_rest_kept(shards, tmp_path):
+    _, records = _records(shards)
+    train_path, train_records = _records(shards, "train")
+    good = [records[0], train_records[0]]
+    ids = [int(tf.train.Example.FromString(r).features.feature["image/id"].int64_list.value[0]) for r in good]
+    undecodable = _with(train_records[1], **{"image/encoded": b"not an image" * 10})
+    label = _with(records[1], **{"instance/label": [1, 99]})
+    _write(tmp_path / "mixed-a.tfrecord", [good[0], undecodable, records[1]])
+    data = bytearray((tmp_path / "mixed-a.tfrecord").read_bytes())
+    data[-len(records[1]) // 2] ^= 0xFF  # in the last record's payload: framing intact, its checksum fails
+    (tmp_path / "mixed-a.tfrecord").write_bytes(bytes(data))
+    _write(tmp_path / "mixed-b.tfrecord", [label, good[1]])
+    config = make_config(shards, f"data.val_files={tmp_path}/mixed-*.tfrecord", "model.num_classes=7")
+    assert sorted(_image_ids(config)) == sorted(ids)
+
+
+def test_a_pass_with_no_usable_record_ends_training_data_instead_of_spinning(shards, tmp_path):
+    _, records = _records(shards)
+    _write(tmp_path / "bad.tfrecord", [_with(r, **{"image/encoded": b"\x89PNG broken"}) for r in records])
+    config = make_config(shards, f"data.train_files={tmp_path}/bad.tfrecord")
+    with pytest.raises((StopIteration, tf.errors.OutOfRangeError)):
+        next(iter(pipeline.build_dataset(config, training=True)))
+
+
+def test_images_are_resized_before_the_float_cast():
+    """Full-size photos stay uint8 until resized (a 12000 x 12000 image costs 0.4 GB, not 2.1)."""
+    config = cfg.load_config(None, ["data.image_size=[256, 256]", "model.backbone=mobilenet_v2"])
+    example_fn = tf.function(pipeline.make_example_fn(config, training=False))
+    graph = example_fn.get_concrete_function(tf.TensorSpec([], tf.string), tf.TensorSpec([2], tf.int64)).graph
+    resizes = [op for op in graph.get_operations() if op.type == "ResizeBilinear"]
+    assert resizes and all(op.inputs[0].dtype == tf.uint8 for op in resizes)

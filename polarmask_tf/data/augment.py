@@ -20,8 +20,9 @@ def _scale_points(points, scale_yx):
 
 
 def resize(image, instances, size):
-    """Resizes image float32 [h, w, 3] to `size` (int32 [2], height and width) with bilinear
-    interpolation, and the instances with it. Returns (image, instances, scale float32 [2] = (sy, sx))."""
+    """Resizes image uint8 or float32 [h, w, 3] to `size` (int32 [2], height and width) with
+    bilinear interpolation, and the instances with it. Returns (image float32, instances,
+    scale float32 [2] = (sy, sx))."""
     shape = tf.cast(tf.shape(image)[:2], tf.float32)
     scale = tf.cast(size, tf.float32) / shape
     image = tf.image.resize(image, size, method="bilinear")

@@ -9,8 +9,15 @@ for tf.distribute. Each element is (images float32 [B, Hp, Wp, 3], targets dict)
   width), resized_size int32 [B, 2] (the unpadded extent in the padded image), scale float32 [B, 2]
   (sy, sx: resized / original), num_instances int32 [B] (instances after filtering, before padding).
 Hp, Wp are data.image_size (times the largest scale_range factor) rounded up to data.size_divisor.
+
+Bad records never stop a run: shards are checked for truncation and broken framing when the
+dataset is built (check_shards: a ValueError names the file, the record and what to do), and a
+record that still fails later (a payload whose checksum fails, an image that does not decode, a
+label beyond model.num_classes) is skipped with a warning from tf.data (`ignore_errors`). A pass in
+which no record at all can be used ends the dataset rather than retrying forever.
 """
 
+import struct
 
 import tensorflow as tf
 
@@ -52,8 +59,13 @@ def make_example_fn(config, training):
 
     def example_fn(serialized, seed):
         parsed = tfrecord.parse_example(serialized)
+        tf.debugging.assert_less_equal(
+            tf.reduce_max(tf.concat([parsed["labels"], [0]], axis=0)), config.model.num_classes,
+            message=f"a record's label exceeds model.num_classes={config.model.num_classes}; record skipped")
+        # Decoded as uint8 and resized before the float cast: a 12000 x 12000 photo then costs
+        # 0.4 GB once instead of a further 1.7 GB float32 copy at full size.
         image = tf.io.decode_image(parsed["encoded"], channels=3, expand_animations=False)
-        image = tf.cast(tf.ensure_shape(image, [None, None, 3]), tf.float32)
+        image = tf.ensure_shape(image, [None, None, 3])
         original = tf.shape(image)[:2]
         instances, num_instances = _select_instances(parsed, data.max_instances, data.max_vertices)
 
@@ -91,6 +103,39 @@ def make_example_fn(config, training):
     return example_fn
 
 
+_HEADER = 12  # uint64 length + uint32 masked CRC of the length; the payload is followed by its uint32 CRC
+
+
+def check_shard(path):
+    """Walks the TFRecord framing of `path` (reading 12 bytes per record, not the payloads) and
+    returns its number of records. Raises ValueError naming the file, the record and its byte
+    offset when a record runs past the end of the file (a truncated copy or write) or the framing
+    is broken (garbage where a record header should be). Payload checksums are left to the
+    reader, whose failures skip the record."""
+    size = tf.io.gfile.stat(path).length
+    offset, count = 0, 0
+    with tf.io.gfile.GFile(path, "rb") as stream:
+        while offset < size:
+            header = stream.read(_HEADER)
+            if len(header) < _HEADER:
+                raise ValueError(f"{path}: truncated at record {count} (byte {offset} of {size}): header cut off")
+            (length,) = struct.unpack("<Q", header[:8])
+            end = offset + _HEADER + length + 4
+            if end > size:
+                raise ValueError(
+                    f"{path}: record {count} at byte {offset} claims {length} bytes but the file ends at byte {size} "
+                    "(a truncated copy, or not a TFRecord file). Re-create the shards with polarmask-create-tfrecords, "
+                    "or leave this file out of the data.*_files pattern")
+            stream.seek(end)
+            offset, count = end, count + 1
+    return count
+
+
+def check_shards(paths):
+    """check_shard for every path; returns the total number of records."""
+    return sum(check_shard(path) for path in paths)
+
+
 def list_shards(pattern):
     """Sorted shard paths matching a glob; ValueError naming the pattern when there are none."""
     files = sorted(tf.io.gfile.glob(pattern))
@@ -109,6 +154,7 @@ def build_dataset(config, training, input_context=None):
     """
     data = config.data
     files = list_shards(data.train_files if training else data.val_files)
+    check_shards(files)
     deterministic = data.deterministic or not training
     batch_size = data.batch_size
     shards = tf.data.Dataset.from_tensor_slices(files)
@@ -123,7 +169,7 @@ def build_dataset(config, training, input_context=None):
     if training:
         shards = shards.shuffle(len(files), seed=data.seed, reshuffle_each_iteration=True)
     dataset = shards.interleave(
-        tf.data.TFRecordDataset,
+        lambda path: tf.data.TFRecordDataset(path).ignore_errors(log_warning=True),
         cycle_length=min(len(files), 4),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=deterministic,
@@ -131,12 +177,14 @@ def build_dataset(config, training, input_context=None):
     if records_sharded:
         dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
     if training:
-        dataset = dataset.shuffle(data.shuffle_buffer, seed=data.seed, reshuffle_each_iteration=True).repeat()
-    seeds = tf.data.Dataset.random(seed=data.seed).batch(2)
+        dataset = dataset.shuffle(data.shuffle_buffer, seed=data.seed, reshuffle_each_iteration=True)
+    seeds = tf.data.Dataset.random(seed=data.seed, rerandomize_each_iteration=True).batch(2)
     dataset = tf.data.Dataset.zip((dataset, seeds))
     dataset = dataset.map(
         make_example_fn(config, training), num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic
-    )
+    ).ignore_errors(log_warning=True)
+    if training:
+        dataset = dataset.repeat()  # after the skips: a pass with no usable record ends the dataset
     dataset = dataset.batch(batch_size, drop_remainder=training)
     options = tf.data.Options()
     options.deterministic = deterministic

@@ -104,4 +104,6 @@ def scratch_dir(strategy, root=None):
     a symlink in /tmp, is followed). ROOT: the system temp dir by default. The worker deletes it
     when training ends; it never restores from it (every worker restores from the model dir)."""
     task_type, task_id = task(strategy)
+    if root:
+        os.makedirs(root, exist_ok=True)
     return tempfile.mkdtemp(prefix=f"polarmask-{task_type}-{task_id}-", dir=root)

@@ -56,6 +56,10 @@ class ArchitectureMismatchError(ValueError):
     """The model dir holds a checkpoint of a different architecture."""
 
 
+class NoTrainingDataError(ValueError):
+    """A whole pass over the training shards yielded no usable example (every record skipped)."""
+
+
 class TrainingPreempted(KeyboardInterrupt):
     """A worker got SIGTERM; every worker saved a checkpoint at the same step and stopped."""
 
@@ -98,6 +102,19 @@ def check_model_dir(config, model_dir):
         )
 
 
+def check_label_map(config):
+    """Raises ConfigError when the label map create_tfrecords wrote beside the training shards has
+    more classes than model.num_classes (their labels would be trained as background)."""
+    path = coco.labels_beside_shards(config.data.train_files)
+    if path is None or not tf.io.gfile.exists(path):
+        return
+    found = coco.read_label_map(path).num_classes
+    if found > config.model.num_classes:
+        raise cfg.ConfigError(
+            f"model.num_classes: {config.model.num_classes}, but the training records use labels 1..{found} "
+            f"({path}): set model.num_classes={found} (with train.init_checkpoint, the class layer is re-initialised)")
+
+
 def build_training_state(config):
     """(model, optimizer) of `config`, built, in the current strategy scope and dtype policy: what a
     training checkpoint holds (tf.train.Checkpoint(model=..., optimizer=...)), so that tools writing
@@ -126,36 +143,42 @@ class Trainer:
                 f"data.batch_size={config.data.batch_size} (the global batch) does not split evenly over "
                 f"{replicas} replicas: use a multiple of {replicas}"
             )
+        check_label_map(config)
         self._lock = checkpoints.ModelDirLock(model_dir) if self.is_chief else None
         if self._lock:
             os.makedirs(model_dir, exist_ok=True)
             self._lock.acquire()  # before anything in the model dir is written
             if self._lock.taken_over:
                 logging.warning("took over the lock of a training that no longer runs: %s", self._lock.taken_over)
-        check_model_dir(config, model_dir)
-        self.write_dir = model_dir if self.is_chief else distribute.scratch_dir(self.strategy, scratch_root)
-        os.makedirs(self.write_dir, exist_ok=True)
-        if self.is_chief:
-            cfg.dump_config(config, os.path.join(model_dir, "config.yaml"))
-            labels = coco.labels_beside_shards(config.data.train_files)
-            if labels is not None and os.path.isfile(labels):
-                shutil.copyfile(labels, os.path.join(model_dir, inference.LABELS_FILE))
-        train = config.train
-        keras.mixed_precision.set_global_policy(train.mixed_precision or "float32")
-        with self.strategy.scope():
-            self.model, self.optimizer = build_training_state(config)
-        self.evaluator = None
-        if train.eval_every and self.is_chief:
-            from polarmask_tf import evaluation
+        try:
+            check_model_dir(config, model_dir)
+            self.write_dir = model_dir if self.is_chief else distribute.scratch_dir(self.strategy, scratch_root)
+            os.makedirs(self.write_dir, exist_ok=True)
+            if self.is_chief:
+                cfg.dump_config(config, os.path.join(model_dir, "config.yaml"))
+                labels = coco.labels_beside_shards(config.data.train_files)
+                if labels is not None and os.path.isfile(labels):
+                    shutil.copyfile(labels, os.path.join(model_dir, inference.LABELS_FILE))
+            train = config.train
+            keras.mixed_precision.set_global_policy(train.mixed_precision or "float32")
+            with self.strategy.scope():
+                self.model, self.optimizer = build_training_state(config)
+            self.evaluator = None
+            if train.eval_every and self.is_chief:
+                from polarmask_tf import evaluation
 
-            self.evaluator = evaluation.Evaluator(
-                config, train.eval_annotations, train.eval_images_dir, max_images=train.eval_max_images
+                self.evaluator = evaluation.Evaluator(
+                    config, train.eval_annotations, train.eval_images_dir, max_images=train.eval_max_images
+                )
+            self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer)
+            self.manager = tf.train.CheckpointManager(
+                self.checkpoint, os.path.join(self.write_dir, "checkpoints"),
+                max_to_keep=train.keep_checkpoints if self.is_chief else 1,
             )
-        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer)
-        self.manager = tf.train.CheckpointManager(
-            self.checkpoint, os.path.join(self.write_dir, "checkpoints"),
-            max_to_keep=train.keep_checkpoints if self.is_chief else 1,
-        )
+        except BaseException:
+            if self._lock:
+                self._lock.release()
+            raise
         self._step_fn = None
         self._stop_requested = False
         self._quiet = None if self.is_chief else open(os.devnull, "w")  # non-chief progress output
@@ -335,15 +358,20 @@ class Trainer:
             how = "preempted" if isinstance(interrupt, TrainingPreempted) else "interrupted"
             print(f"\n{how}: saved {self.checkpoint_in_model_dir()} at step {self.step}", file=stream)
             raise
-        except (tf.errors.OpError, OSError):
+        except (tf.errors.OpError, OSError) as error:
             # An input or I/O failure between steps: the weights are those of the last completed
             # step, so keep them. Saving is collective with several workers, and a failure on one of
             # them would hang the others in it, so only a single worker saves here.
-            if distribute.is_multi_worker(self.strategy):
-                raise
-            bar.close()
-            self._save_final()
-            print(f"\nstopped by an error at step {self.step}: saved {self.checkpoint_in_model_dir()}", file=stream)
+            if not distribute.is_multi_worker(self.strategy):
+                bar.close()
+                self._save_final()
+                print(f"\nstopped by an error at step {self.step}: saved {self.checkpoint_in_model_dir()}",
+                      file=stream)
+            if isinstance(error, tf.errors.OutOfRangeError):
+                raise NoTrainingDataError(
+                    f"a whole pass over {self.config.data.train_files} gave no usable example: every record was "
+                    "skipped (the warnings above say why: corrupt records, images that do not decode, labels beyond "
+                    "model.num_classes)") from error
             raise
         finally:
             signal.signal(signal.SIGTERM, previous_sigterm)
