@@ -108,7 +108,7 @@ class ModelDirLock:
 
     def _holder(self):
         try:
-            with open(self.path) as stream:
+            with open(self.path) as stream:  # local: the lock is skipped for URIs
                 return json.load(stream)
         except (OSError, ValueError):
             return None

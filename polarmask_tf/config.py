@@ -9,12 +9,12 @@ parsed as YAML scalars or lists (`a.b=8`, `a.c=[1, 2]`, `a.d=null`).
 """
 
 import dataclasses
-import os
 import types
 import typing
 
 import yaml
 
+from polarmask_tf import fileio
 from polarmask_tf.modeling import pyramid
 
 
@@ -423,10 +423,9 @@ def load_config(path=None, overrides=(), cls=Config):
     data = {}
     if path is not None:
         try:
-            with open(path) as stream:
-                data = yaml.safe_load(stream) or {}
+            data = yaml.safe_load(fileio.read_text(path)) or {}
         except OSError as error:
-            raise ConfigError(f"cannot read config file {path}: {error.strerror}") from error
+            raise ConfigError(f"cannot read config file {error}") from error
         except yaml.YAMLError as error:
             raise ConfigError(f"{path}: not valid YAML: {error}") from error
         if not isinstance(data, dict):
@@ -443,11 +442,9 @@ def load_config(path=None, overrides=(), cls=Config):
 
 def dump_config(config, path=None):
     """Writes the config as YAML to `path` (if given) and returns the YAML text. The file is
-    replaced atomically, so another process (a worker checking the model dir) never reads half."""
+    replaced atomically (fileio.write_bytes), so another process (a worker checking the model dir)
+    never reads half."""
     text = yaml.safe_dump(to_dict(config), sort_keys=False)
     if path is not None:
-        partial = f"{path}.{os.getpid()}.tmp"
-        with open(partial, "w") as stream:
-            stream.write(text)
-        os.replace(partial, path)
+        fileio.write_text(path, text)
     return text

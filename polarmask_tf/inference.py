@@ -12,7 +12,7 @@ import os
 
 import tensorflow as tf
 
-from polarmask_tf import checkpoints
+from polarmask_tf import checkpoints, fileio
 from polarmask_tf import config as cfg
 from polarmask_tf import postprocess as postprocess_lib
 from polarmask_tf.modeling import preprocessing
@@ -28,7 +28,7 @@ def find_checkpoint(path):
     with an index file, whatever the state file says: checkpoints.latest_checkpoint);
     FileNotFoundError naming the path otherwise."""
     for directory in (path, os.path.join(path, "checkpoints")):
-        if os.path.isdir(directory):
+        if tf.io.gfile.isdir(directory):
             latest = checkpoints.latest_checkpoint(directory)
             if latest:
                 return latest
@@ -45,13 +45,14 @@ conversion.convert writes COCO's; predict, evaluate and export read it when no -
 def beside_checkpoint(checkpoint, name):
     """The file `name` of the model dir of `checkpoint` (a model dir, its checkpoints/ dir or a
     ckpt-N prefix; see find_checkpoint, whose FileNotFoundError propagates), or None."""
-    directory = os.path.dirname(os.path.abspath(find_checkpoint(checkpoint)))
+    directory = fileio.parent(fileio.absolute(find_checkpoint(checkpoint)))
     candidates = [directory]
     if os.path.basename(directory) == "checkpoints":
         candidates.append(os.path.dirname(directory))
     for candidate in candidates:
-        if os.path.isfile(os.path.join(candidate, name)):
-            return os.path.join(candidate, name)
+        path = os.path.join(candidate, name)
+        if fileio.is_file(path):
+            return path
     return None
 
 

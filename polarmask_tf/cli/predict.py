@@ -36,9 +36,21 @@ from polarmask_tf.cli import common
 def expand_inputs(patterns):
     """(files, others): the regular files named by paths, directories (their entries, sorted) and
     globs, in order, without repeats; and the other paths met (FIFOs, sockets, devices,
-    directories inside a glob), which are never opened: reading a FIFO would block."""
+    directories inside a glob), which are never opened: reading a FIFO would block. URIs
+    (gs://...) are listed through tf.io.gfile, where every entry that is not a directory is a file."""
     files, others = [], []
     for pattern in patterns:
+        if "://" in pattern:
+            import tensorflow as tf
+
+            if tf.io.gfile.isdir(pattern):
+                found = sorted(os.path.join(pattern, name.rstrip("/")) for name in tf.io.gfile.listdir(pattern))
+            else:
+                found = sorted(tf.io.gfile.glob(pattern))
+            for path in found:
+                if path not in files and path not in others:
+                    (others if tf.io.gfile.isdir(path) else files).append(path)
+            continue
         if os.path.isdir(pattern):
             found = sorted(os.path.join(pattern, name) for name in os.listdir(pattern))
         elif os.path.lexists(pattern):
@@ -68,14 +80,18 @@ def output_names(paths, suffix=".png"):
 def _write_png(path, rgb):
     import cv2
 
-    if not cv2.imwrite(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write {path}")
+    from polarmask_tf import fileio
+
+    ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError(f"could not encode {path} as PNG")
+    fileio.write_bytes(path, png.tobytes())
 
 
 def predict_images(args, config, stream):
     """Overlays and results.json for image files; returns the exit status. The model is loaded
     only once a readable image is found."""
-    from polarmask_tf import evaluation, inference, visualize
+    from polarmask_tf import evaluation, fileio, inference, visualize
     from polarmask_tf.data import coco
     from polarmask_tf.progress import ProgressBar
 
@@ -102,7 +118,7 @@ def predict_images(args, config, stream):
         if loaded and predictor is None:
             predictor = inference.Predictor(config, inference.load_model(config, common.model_source(args)),
                                             args.batch_size)
-            os.makedirs(args.output_dir, exist_ok=True)
+            fileio.makedirs(args.output_dir)
         detections = predictor.predict([image for _, image in loaded]) if loaded else []
         for (path, image), found in zip(loaded, detections, strict=True):
             keep = found["scores"] >= args.score_threshold
@@ -120,8 +136,7 @@ def predict_images(args, config, stream):
         print(f"error: none of the {len(files)} files is a readable image", file=sys.stderr)
         return 1
     results_path = os.path.join(args.output_dir, "results.json")
-    with open(results_path, "w") as out:
-        json.dump(results, out)
+    fileio.write_text(results_path, json.dumps(results))
     print(f"{written} images drawn to {args.output_dir}, {skipped} skipped; {len(results)} detections with score >= "
           f"{args.score_threshold} in {results_path}", file=stream)
     return 0
@@ -131,7 +146,7 @@ def show_targets(args, config, stream):
     """targets-<image id>.png for the first examples of TFRecord shards; returns the exit status."""
     import tensorflow as tf
 
-    from polarmask_tf import visualize
+    from polarmask_tf import fileio, visualize
     from polarmask_tf.data import pipeline
 
     files = [path for path in expand_inputs(args.images)[0] if path.endswith(".tfrecord")]
@@ -141,7 +156,7 @@ def show_targets(args, config, stream):
         return 1
     dataset = tf.data.Dataset.zip((tf.data.TFRecordDataset(files), tf.data.Dataset.random(seed=0).batch(2)))
     dataset = dataset.map(pipeline.make_example_fn(config, training=False)).take(args.max_images or 8)
-    os.makedirs(args.output_dir, exist_ok=True)
+    fileio.makedirs(args.output_dir)
     count = 0
     for image, targets in dataset:
         targets = {key: value.numpy() for key, value in targets.items()}

@@ -19,21 +19,23 @@ REPO_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "quickst
 
 def prepare_data(config, stream=sys.stdout):
     """Makes the synthetic dataset and its TFRecords unless they exist; returns the records dir."""
+    import tensorflow as tf
+
     from polarmask_tf.data import records_writer, synthetic
 
-    root = pathlib.Path(config.synthetic.output_dir)
-    if not (root / "annotations" / "instances_train.json").exists():
+    root = config.synthetic.output_dir
+    if not tf.io.gfile.exists(os.path.join(root, "annotations", "instances_train.json")):
         s = config.synthetic
         print(f"making the synthetic dataset in {root}", file=stream)
         synthetic.generate_dataset(root, s.num_images, seed=s.seed, val_fraction=s.val_fraction,
                                    min_size=s.min_size, max_size=s.max_size)
-    records = root / "tfrecords"
+    records = os.path.join(root, "tfrecords")
     for split in synthetic.SPLITS:
-        if not list(records.glob(f"{split}-*.tfrecord")):
+        if not tf.io.gfile.glob(os.path.join(records, f"{split}-*.tfrecord")):
             report = records_writer.convert(
-                str(root / "annotations" / f"instances_{split}.json"), str(root / split), str(records / split),
-                num_shards=2, skip_empty=split == "train", progress_stream=stream,
-                label_map_path=str(records / "train-labels.json") if split != "train" else None,
+                os.path.join(root, "annotations", f"instances_{split}.json"), os.path.join(root, split),
+                os.path.join(records, split), num_shards=2, skip_empty=split == "train", progress_stream=stream,
+                label_map_path=os.path.join(records, "train-labels.json") if split != "train" else None,
             )
             print(f"{split}: {report['images']['written']} images in {records}", file=stream)
     return records
@@ -45,27 +47,28 @@ def evaluate_and_draw(config, model, model_dir, num_overlays=6, stream=sys.stdou
     import json
 
     import cv2
+    import tensorflow as tf
 
-    from polarmask_tf import evaluation, visualize
+    from polarmask_tf import evaluation, fileio, visualize
     from polarmask_tf.data import synthetic
 
-    root = pathlib.Path(config.synthetic.output_dir)
-    evaluator = evaluation.Evaluator(config, str(root / "annotations" / "instances_val.json"), str(root / "val"))
+    root = config.synthetic.output_dir
+    evaluator = evaluation.Evaluator(config, os.path.join(root, "annotations", "instances_val.json"),
+                                     os.path.join(root, "val"))
     predictor = evaluator.predictor(model)
     metrics, results = evaluator.evaluate(predictor=predictor, stream=stream)
     print(evaluation.format_table(metrics), file=stream)
-    out = pathlib.Path(model_dir) / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (out / "results.json").write_text(json.dumps(results))
-    overlays = pathlib.Path(model_dir) / "overlays"
-    overlays.mkdir(exist_ok=True)
+    out = os.path.join(model_dir, "eval")
+    fileio.write_json(os.path.join(out, "metrics.json"), metrics, indent=2)
+    fileio.write_text(os.path.join(out, "results.json"), json.dumps(results))
+    overlays = os.path.join(model_dir, "overlays")
     names = {label: name for label, name in enumerate(synthetic.SHAPE_NAMES, start=1)}
-    for path in sorted((root / "val").glob("*.jpg"))[:num_overlays]:
-        image = evaluation.load_image(str(path))
+    for path in sorted(tf.io.gfile.glob(os.path.join(root, "val", "*.jpg")))[:num_overlays]:
+        image = evaluation.load_image(path)
         drawn = visualize.draw_detections(image, predictor.predict([image])[0], names, score_threshold=0.3)
-        cv2.imwrite(str(overlays / f"{path.stem}.png"), drawn[..., ::-1])
-    return out / "metrics.json", overlays
+        stem = os.path.splitext(os.path.basename(path))[0]
+        fileio.write_bytes(os.path.join(overlays, f"{stem}.png"), cv2.imencode(".png", drawn[..., ::-1])[1].tobytes())
+    return os.path.join(out, "metrics.json"), overlays
 
 
 def build_parser():

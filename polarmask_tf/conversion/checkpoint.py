@@ -8,7 +8,7 @@ an arbitrary class) is refused before any of it runs. A bare state dict (a mappi
 tensors) is accepted too.
 """
 
-import os
+import io
 
 import numpy as np
 
@@ -39,10 +39,13 @@ def read_checkpoint(path):
     but tensors and plain containers, or has no state dict.
     """
     torch = _torch()
-    if not os.path.isfile(path):
+    from polarmask_tf import fileio
+
+    if not fileio.is_file(path):
         raise ConversionError(f"{path}: no such file")
+    source = io.BytesIO(fileio.read_bytes(path)) if fileio.is_remote(path) else path
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        loaded = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError, ... by cause
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConversionError(

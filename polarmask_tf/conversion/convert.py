@@ -15,9 +15,7 @@ backbones; "fcos_" and "polar_" head namings with their ray orders; legacy and z
 """
 
 import hashlib
-import json
 import os
-import shutil
 import sys
 import time
 
@@ -30,8 +28,10 @@ CONVERSION_REPORT = "conversion.json"
 
 
 def _sha256(path):
+    import tensorflow as tf
+
     digest = hashlib.sha256()
-    with open(path, "rb") as stream:
+    with tf.io.gfile.GFile(path, "rb") as stream:
         for block in iter(lambda: stream.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -73,10 +73,18 @@ def convert(checkpoint_path, output_dir, overrides=(), ray_order="auto", stream=
     verify_image: an image file (a real photo) to check the ray order on (check_ray_order).
     Returns the conversion report (a dict, also written as conversion.json). Raises ConversionError
     (nothing written) for a file or setting that cannot be converted, FileExistsError for a
-    non-empty output_dir."""
+    non-empty output_dir.
+
+    The model dir appears whole: it is written under a staging name and renamed into place, except
+    on object stores (gs://, s3://: no rename), where it is written in place with conversion.json
+    last, the file whose presence says the conversion finished."""
+    import tensorflow as tf
+
+    from polarmask_tf import fileio
+
     stream = stream or sys.stdout
-    if os.path.isdir(output_dir) and os.listdir(output_dir):
-        raise FileExistsError(f"{output_dir} exists and is not empty: choose a new --output-dir")
+    if tf.io.gfile.isdir(output_dir) and tf.io.gfile.listdir(output_dir):
+        raise FileExistsError(f"{output_dir} exists and is not empty: choose a new --model-dir")
     start = time.perf_counter()
     state, meta = checkpoint.read_checkpoint(checkpoint_path)
     found = layout_lib.inspect(state)
@@ -91,7 +99,6 @@ def convert(checkpoint_path, output_dir, overrides=(), ray_order="auto", stream=
           file=stream)
 
     import keras
-    import tensorflow as tf
 
     from polarmask_tf import inference
     from polarmask_tf.data import coco
@@ -104,9 +111,11 @@ def convert(checkpoint_path, output_dir, overrides=(), ray_order="auto", stream=
         variable.assign(value)
     check = check_ray_order(config, model, order, verify_image, ray_order != "auto") if verify_image else None
 
-    staging = f"{output_dir.rstrip(os.sep)}.converting-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    os.makedirs(staging)
+    in_place = output_dir.startswith(fileio.OBJECT_STORES)
+    staging = output_dir if in_place else f"{output_dir.rstrip('/')}.converting-{os.getpid()}"
+    if not in_place and tf.io.gfile.exists(staging):
+        tf.io.gfile.rmtree(staging)  # left by an earlier conversion of this process id that died
+    fileio.makedirs(staging)
     try:
         cfg.dump_config(config, os.path.join(staging, "config.yaml"))
         coco.write_label_map(labels, os.path.join(staging, inference.LABELS_FILE))
@@ -116,8 +125,8 @@ def convert(checkpoint_path, output_dir, overrides=(), ray_order="auto", stream=
         )
         manager.save(checkpoint_number=0)
         report = {
-            "source": os.path.abspath(checkpoint_path),
-            "source_bytes": os.path.getsize(checkpoint_path),
+            "source": fileio.absolute(checkpoint_path),
+            "source_bytes": tf.io.gfile.stat(checkpoint_path).length,
             "source_sha256": _sha256(checkpoint_path),
             "meta": _meta_summary(meta),
             "backbone": found.backbone,
@@ -133,11 +142,12 @@ def convert(checkpoint_path, output_dir, overrides=(), ray_order="auto", stream=
             "ray_order_check": check,
             "seconds": round(time.perf_counter() - start, 2),
         }
-        with open(os.path.join(staging, CONVERSION_REPORT), "w") as out:
-            json.dump(report, out, indent=2)
-        if os.path.isdir(output_dir):
-            os.rmdir(output_dir)  # empty, checked above
-        os.rename(staging, output_dir)
+        fileio.write_json(os.path.join(staging, CONVERSION_REPORT), report, indent=2)
+        if not in_place:
+            if tf.io.gfile.isdir(output_dir):
+                tf.io.gfile.rmtree(output_dir)  # empty, checked above
+            tf.io.gfile.rename(staging, output_dir)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if not in_place and tf.io.gfile.exists(staging):
+            tf.io.gfile.rmtree(staging)
     return report

@@ -34,6 +34,8 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from polarmask_tf import fileio
+
 SHAPE_NAMES = ("circle", "ellipse", "rectangle", "triangle", "star", "L-shape", "U-shape")
 CATEGORIES = tuple(
     {"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(SHAPE_NAMES)
@@ -353,13 +355,13 @@ def generate_dataset(output_dir, num_images, seed=0, val_fraction=0.2, min_size=
     num_val = round(num_images * val_fraction)
     indices = {"train": range(num_images - num_val), "val": range(num_images - num_val, num_images)}
     names = {c["id"]: c["name"] for c in CATEGORIES}
+    output_dir = str(output_dir)
     annotation_dir = os.path.join(output_dir, "annotations")
-    os.makedirs(annotation_dir, exist_ok=True)
     summary = {"annotation_files": {}, "image_dirs": {}, "num_images": {}, "num_instances": {}}
     annotation_id = 1
     for split in SPLITS:
         image_dir = os.path.join(output_dir, split)
-        os.makedirs(image_dir, exist_ok=True)
+        fileio.makedirs(image_dir)
         images, annotations = [], []
         counts = dict.fromkeys(SHAPE_NAMES, 0)
         for index in indices[split]:
@@ -367,9 +369,10 @@ def generate_dataset(output_dir, num_images, seed=0, val_fraction=0.2, min_size=
             image_id = index + 1
             file_name = f"{image_id:06d}.jpg"
             bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-            if not cv2.imwrite(os.path.join(image_dir, file_name), bgr,
-                               [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]):
-                raise OSError(f"could not write {os.path.join(image_dir, file_name)}")
+            ok, jpeg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+            if not ok:
+                raise OSError(f"could not encode {os.path.join(image_dir, file_name)}")
+            fileio.write_bytes(os.path.join(image_dir, file_name), jpeg.tobytes())
             height, width = image.shape[:2]
             images.append(
                 {"id": image_id, "file_name": file_name, "width": width, "height": height}
@@ -394,8 +397,7 @@ def generate_dataset(output_dir, num_images, seed=0, val_fraction=0.2, min_size=
             "categories": [dict(c) for c in CATEGORIES],
         }
         annotation_file = os.path.join(annotation_dir, f"instances_{split}.json")
-        with open(annotation_file, "w") as f:
-            json.dump(coco, f)
+        fileio.write_text(annotation_file, json.dumps(coco))
         summary["annotation_files"][split] = annotation_file
         summary["image_dirs"][split] = image_dir
         summary["num_images"][split] = len(images)

@@ -48,6 +48,8 @@ import warnings
 
 import keras
 
+from polarmask_tf import fileio
+
 _APPLICATIONS = {
     "resnet50": (
         keras.applications.ResNet50,
@@ -124,7 +126,7 @@ def _application(name, factory, weights):
     if weights is None or weights == "imagenet":
         return factory(include_top=False, weights=weights, input_shape=(None, None, 3))
     path = os.fspath(weights)
-    if not os.path.isfile(path):
+    if not fileio.is_file(path):
         raise FileNotFoundError(
             f"backbone {name!r}: weights file {path!r} does not exist. Set model.backbone_weights to a "
             f"Keras 3 .weights.h5 file of keras.applications' {name} model, to \"imagenet\" (download, needs "
@@ -160,7 +162,7 @@ def _load_own_weights(backbone, weights):
             "PolarMask checkpoint (polarmask-convert-original) or give a .weights.h5 file"
         )
     path = os.fspath(weights)
-    if not os.path.isfile(path):
+    if not fileio.is_file(path):
         raise FileNotFoundError(f"{backbone.name}: weights file {path!r} does not exist")
     try:
         backbone.load_weights(path)

@@ -5,7 +5,7 @@ command is polarmask-plot-training (cli/plot_training.py).
 """
 
 import collections
-import glob
+import io
 import os
 
 LOSSES = ("loss/total_loss", "loss/cls_loss", "loss/ray_loss", "loss/box_loss", "loss/centerness_loss")
@@ -16,7 +16,7 @@ def read_scalars(model_dir):
     import tensorflow as tf
 
     scalars = collections.defaultdict(dict)
-    for path in sorted(glob.glob(os.path.join(model_dir, "train", "events.out.tfevents.*"))):
+    for path in sorted(tf.io.gfile.glob(os.path.join(model_dir, "train", "events.out.tfevents.*"))):
         for event in tf.compat.v1.train.summary_iterator(path):
             for value in event.summary.value:
                 number = float(tf.make_ndarray(value.tensor)) if value.HasField("tensor") else value.simple_value
@@ -25,7 +25,10 @@ def read_scalars(model_dir):
 
 
 def plot(scalars, output, title):
+    """Draws the curves and writes them as a PNG to `output` (a local path or URI)."""
     import matplotlib
+
+    from polarmask_tf import fileio
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -49,5 +52,7 @@ def plot(scalars, output, title):
     rate.set_title("learning rate")
     rate.grid(True, alpha=0.3)
     figure.tight_layout()
-    figure.savefig(output)
+    png = io.BytesIO()
+    figure.savefig(png, format="png")
     plt.close(figure)
+    fileio.write_bytes(output, png.getvalue())

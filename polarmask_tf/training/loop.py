@@ -31,7 +31,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from polarmask_tf import checkpoints, inference, losses
+from polarmask_tf import checkpoints, fileio, inference, losses
 from polarmask_tf import config as cfg
 from polarmask_tf.data import coco, pipeline
 from polarmask_tf.modeling.model import build_model
@@ -86,7 +86,7 @@ def check_model_dir(config, model_dir):
     """Raises ArchitectureMismatchError when model_dir's config.yaml describes another network than
     `config` (any of ARCHITECTURE_KEYS differs) while it holds checkpoints."""
     saved = os.path.join(model_dir, "config.yaml")
-    if not (os.path.exists(saved) and checkpoints.holds_checkpoints(os.path.join(model_dir, "checkpoints"))):
+    if not (tf.io.gfile.exists(saved) and checkpoints.holds_checkpoints(os.path.join(model_dir, "checkpoints"))):
         return
     try:
         previous = cfg.load_config(saved)
@@ -146,19 +146,19 @@ class Trainer:
         check_label_map(config)
         self._lock = checkpoints.ModelDirLock(model_dir) if self.is_chief else None
         if self._lock:
-            os.makedirs(model_dir, exist_ok=True)
+            fileio.makedirs(model_dir)
             self._lock.acquire()  # before anything in the model dir is written
             if self._lock.taken_over:
                 logging.warning("took over the lock of a training that no longer runs: %s", self._lock.taken_over)
         try:
             check_model_dir(config, model_dir)
             self.write_dir = model_dir if self.is_chief else distribute.scratch_dir(self.strategy, scratch_root)
-            os.makedirs(self.write_dir, exist_ok=True)
+            fileio.makedirs(self.write_dir)
             if self.is_chief:
                 cfg.dump_config(config, os.path.join(model_dir, "config.yaml"))
                 labels = coco.labels_beside_shards(config.data.train_files)
-                if labels is not None and os.path.isfile(labels):
-                    shutil.copyfile(labels, os.path.join(model_dir, inference.LABELS_FILE))
+                if labels is not None and tf.io.gfile.exists(labels):
+                    fileio.copy(labels, os.path.join(model_dir, inference.LABELS_FILE))
             train = config.train
             keras.mixed_precision.set_global_policy(train.mixed_precision or "float32")
             with self.strategy.scope():
@@ -379,7 +379,7 @@ class Trainer:
         bar.close()
         self._save_final()
         if not self.is_chief:
-            shutil.rmtree(self.write_dir, ignore_errors=True)
+            shutil.rmtree(self.write_dir, ignore_errors=True)  # local: distribute.scratch_dir
         return history
 
     def _request_stop(self, signum, frame):
