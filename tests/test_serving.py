@@ -5,9 +5,13 @@ import base64
 import io
 import json
 import os
+import socket
+import stat
+import struct
 import subprocess
 import sys
 import textwrap
+import zlib
 
 import cv2
 import numpy as np
@@ -320,3 +324,252 @@ def test_rest_double_applies_tf_serving_request_rules(exported, images):
                 client.post_json(predict, body)
         with pytest.raises(client.ServingError, match="HTTP 404"):
             client.post_json(url.replace("polarmask", "other") + ":predict", {"instances": [{"b64": b64}]})
+
+
+# Issue 13 (serving): readable errors, zero images, file modes, header size checks, a robust REST
+# double and gRPC.
+
+
+def _huge_png(width, height):
+    """A valid 8-bit grayscale PNG of width x height zeros, a few hundred KB for 20000 x 20000."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    compressor = zlib.compressobj(6)
+    row = bytes(width + 1)  # filter byte 0 + zeros
+    idat = b"".join([compressor.compress(row) for _ in range(height)] + [compressor.flush()])
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def _peak_rss_reset():
+    """Resets the process's peak RSS (VmHWM); False when the kernel does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as stream:
+            stream.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _status_kib(field):
+    with open("/proc/self/status") as stream:
+        return next(int(line.split()[1]) for line in stream if line.startswith(field + ":"))
+
+
+def _outputs(signature, **inputs):
+    return {k: v.numpy() for k, v in signature(**inputs).items()}
+
+
+def _assert_same(outputs, reference):
+    assert set(outputs) == set(reference)
+    for key, value in reference.items():
+        got = np.asarray(outputs[key])
+        if value.dtype == object:
+            got = np.vectorize(lambda v: v.encode() if isinstance(v, str) else v, otypes=[object])(got)
+            np.testing.assert_array_equal(got, value, err_msg=key)
+        else:
+            np.testing.assert_array_equal(got.astype(value.dtype), value, err_msg=key)
+
+
+def _rest_columns(answer):
+    """A row-format answer -> {output: numpy array, batch first}."""
+    rows = answer["predictions"]
+    return {key: np.array([row[key] for row in rows], dtype=object if key == "detection_class_names" else None)
+            for key in rows[0]}
+
+
+def test_random_bytes_give_invalid_argument_with_a_readable_message(loaded, images, exported):
+    """Old code: the message embedded the first 4 raw bytes and TF's error conversion raised
+    UnicodeDecodeError; now they are shown in hex."""
+    served = loaded.signatures["serving_default"]
+    junk = bytes([0x5F, 0x82, 0xC2, 0xD9]) + np.random.default_rng(0).bytes(200)
+    with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+        served(image_bytes=tf.constant([images[1][0], junk]))
+    assert r'image_bytes[1] is not a JPEG, PNG, GIF or BMP image (its first bytes are \"5f 82 c2 d9\" in hex)' \
+        in raised.value.message
+    good = _outputs(served, image_bytes=tf.constant(images[1][:1]))
+    with tf_serving_double.serve(exported[3], loaded=loaded) as url:
+        with pytest.raises(client.ServingError, match=r"(?s)HTTP 400: InvalidArgumentError: .*5f 82 c2 d9"):
+            client.predict(url, [junk])
+        _assert_same(_rest_columns(client.post_json(client.predict_url(url), client.predict_request(images[1][:1]))),
+                     good)
+
+
+def test_zero_images_give_empty_outputs_of_the_signature_dtypes(loaded, exported):
+    """Old code: InvalidArgument from inside batch normalisation ("Incompatible shapes")."""
+    shapes = {"num_detections": (0,), "detection_boxes": (0, K, 4), "detection_scores": (0, K),
+              "detection_classes": (0, K), "detection_class_names": (0, K), "detection_polygons": (0, K, N, 2),
+              "detection_masks": (0, K, MASK_SIZE, MASK_SIZE)}
+    for name, inputs in (("serving_default", {"image_bytes": tf.constant([], tf.string)}),
+                         ("serve_images", {"images": tf.zeros([0, 64, 48, 3], tf.uint8)})):
+        signature = loaded.signatures[name]
+        outputs = signature(**inputs)
+        assert {k: tuple(v.shape) for k, v in outputs.items()} == shapes
+        assert {k: v.dtype for k, v in outputs.items()} == {k: v.dtype for k, v in signature.structured_outputs.items()}
+    with tf_serving_double.serve(exported[3], loaded=loaded) as url:
+        answer = client.post_json(client.predict_url(url), {"inputs": {"image_bytes": []}})
+        assert answer == {"outputs": {key: [] for key in shapes}}
+    with tf_serving_double.serve_grpc(exported[3], loaded=loaded) as target:
+        outputs = client.predict_grpc_outputs(target, client.grpc_request([]))
+        assert {k: v.shape for k, v in outputs.items()} == shapes
+        assert client.predict_grpc(target, []) == []
+
+
+def test_the_export_is_readable_by_other_users(exported):
+    """Old code: the version directory kept tempfile.mkdtemp's mode 0700."""
+    version = exported[3]
+    modes = {}
+    for root, dirs, files in os.walk(version):
+        for name in dirs + files + ([""] if root == version else []):
+            path = os.path.join(root, name)
+            modes[os.path.relpath(path, version)] = stat.S_IMODE(os.stat(path).st_mode)
+    assert modes["."] == 0o755 and modes["variables"] == 0o755 and modes["saved_model.pb"] == 0o644
+    assert {mode for path, mode in modes.items() if os.path.isdir(os.path.join(version, path))} == {0o755}
+    assert {mode for path, mode in modes.items() if not os.path.isdir(os.path.join(version, path))} == {0o644}
+    base = os.path.dirname(version)
+    assert stat.S_IMODE(os.stat(os.path.join(base, "models.config")).st_mode) == 0o644
+
+
+def _patched(data, offset, packed):
+    return data[:offset] + packed + data[offset + len(packed):]
+
+
+def test_image_sizes_are_read_from_the_header_before_decoding(loaded, images):
+    """header_size agrees with the decoders on all four formats; a 20000 x 20000 PNG of a few
+    hundred KB is rejected by its header without being decoded (old code: decoded 1.2 GB first)."""
+    from PIL import Image
+
+    scene = images[0][0]  # 120 x 160
+    buffer = io.BytesIO()
+    Image.fromarray(scene).save(buffer, format="GIF")
+    encoded = {"png": images[1][0], "jpeg": images[2][0], "gif": buffer.getvalue(), "bmp": _encode(scene, ".bmp")}
+    for kind, data in encoded.items():
+        assert [int(v) for v in export.header_size(tf.constant(data))] == [120, 160], kind
+    top_down = _patched(encoded["bmp"], 22, struct.pack("<i", -120))
+    assert [int(v) for v in export.header_size(tf.constant(top_down))] == [120, 160]
+    assert [int(v) for v in export.header_size(tf.constant(b"not an image"))] == [0, 0]
+    assert [int(v) for v in export.header_size(tf.constant(b"\x89PNG"))] == [0, 0]
+
+    huge = _huge_png(20000, 20000)
+    assert len(huge) < 2**20
+    sof = encoded["jpeg"].index(b"\xff\xc0")
+    claims = {
+        "PNG": huge,
+        "JPEG": _patched(encoded["jpeg"], sof + 5, struct.pack(">HH", 30000, 20000)),
+        "GIF": _patched(encoded["gif"], 6, struct.pack("<HH", 20000, 30000)),
+        "BMP": _patched(encoded["bmp"], 18, struct.pack("<ii", 20000, -30000)),
+    }
+    served = loaded.signatures["serving_default"]
+    served(image_bytes=tf.constant(images[1][:1]))  # warm: the peak below is the rejection's only
+    measured = _peak_rss_reset()
+    before = _status_kib("VmRSS")
+    for kind, data in claims.items():
+        size = "20000 x 20000" if kind == "PNG" else "30000 x 20000"  # height x width
+        with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+            served(image_bytes=tf.constant([images[1][0], data]))
+        assert (f"image_bytes[1] is {size} pixels by its header (not decoded): images must be non-empty and at most "
+                f"{export.DEFAULT_MAX_IMAGE_PIXELS} pixels") in raised.value.message, kind
+    if measured:
+        assert _status_kib("VmHWM") - before < 200 * 1024  # KiB: far below the 1.2 GB a decode allocates
+    assert served(image_bytes=tf.constant(images[1][:1]))["num_detections"].numpy()[0] > 0
+
+
+def _reply(stream):
+    """(status, parsed JSON body, whether the server closes the connection) of one HTTP answer."""
+    status = int(stream.readline().split()[1])
+    headers = {}
+    while (line := stream.readline().strip()):
+        key, _, value = line.decode().partition(":")
+        headers[key.strip().lower()] = value.strip()
+    return status, json.loads(stream.read(int(headers["content-length"]))), headers.get("connection") == "close"
+
+
+def _raw_http(port, data, timeout=10.0):
+    """Sends raw bytes to the double on a new connection; returns its _reply."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        return _reply(sock.makefile("rb"))
+
+
+def _post(path, body, extra=b""):
+    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n".encode() + extra
+            + b"\r\n" + body)
+
+
+def test_the_rest_double_answers_every_malformed_request_with_a_json_error(loaded, exported, images):
+    """Old double: an invalid Content-Length, undecodable JSON, a non-list 'inputs' or a nested
+    string dropped the connection; a short body hung it."""
+    good_body = json.dumps(client.predict_request(images[1][:1])).encode()
+    predict = "/v1/models/polarmask:predict"
+    cases = [
+        (_post(predict, b"{not json"), 400, "JSON Parse error"),
+        (_post(predict, b"\xff\xfe\x00{"), 400, "JSON Parse error"),
+        (_post(predict, b'{"signature_name": "serving_default"}'), 400, "exactly one of 'instances' or 'inputs'"),
+        (_post(predict, b'[1, 2]'), 400, "exactly one of 'instances' or 'inputs'"),
+        (_post(predict, b'{"instances": "abc"}'), 400, "'instances' must be a non-empty list"),
+        (_post(predict, b'{"inputs": 5}'), 400, "'image_bytes' has shape [], the signature (None,)"),
+        (_post(predict, b'{"instances": [[["nested"]]]}'), 400, "'image_bytes' has shape [1, ...]"),
+        (_post(predict, b'{"instances": [3.5]}'), 400, "not formatted correctly for base64 data"),
+        (_post(predict, b'{"signature_name": ["x"], "instances": [1]}'), 400, "signature name: \"['x']\" not found"),
+        (_post(predict, b'{"signature_name": "nope", "instances": [1]}'), 400, 'signature name: "nope" not found'),
+        (_post(predict, b'{"instances": [{"b64": "%%%"}]}'), 400, "Unable to base64 decode"),
+        (_post(predict, b'{"signature_name": "serve_images", "instances": [[[1, 2]]]}'), 400, "has shape [1, 1, 2]"),
+        (_post(predict, b'{"signature_name": "serve_images", "instances": [[[[1, "a", 3]]]]}'), 400,
+         "is not of the type"),
+        (_post("/v1/models/other:predict", b"{}"), 404, "Servable not found for request: /v1/models/other"),
+        (_post("/v2/nothing", b"{}"), 404, "Servable not found"),
+        (_post(predict, b"x" * 2000), 413, "the body is 2000 bytes, more than the limit of 1024"),
+        (f"POST {predict} HTTP/1.1\r\nContent-Length: 10**9\r\n\r\n".encode(), 400, "invalid Content-Length"),
+        (f"POST {predict} HTTP/1.1\r\nContent-Length: -5\r\n\r\n".encode(), 400, "invalid Content-Length"),
+        (f"POST {predict} HTTP/1.1\r\n\r\n".encode(), 411, "Content-Length header is required"),
+        (f"POST {predict} HTTP/1.1\r\nContent-Length: 100\r\n\r\n{{\"inst".encode(), 400,
+         "the body ended after 0 of its 100 bytes"),
+    ]
+    reference = _outputs(loaded.signatures["serving_default"], image_bytes=tf.constant(images[1][:1]))
+    with tf_serving_double.serve(exported[3], loaded=loaded, max_body_bytes=1024, read_timeout=0.5) as url:
+        port = int(url.split(":")[2].split("/")[0])
+        for data, status, message in cases:
+            got_status, body, _ = _raw_http(port, data)
+            assert (got_status, set(body)) == (status, {"error"}), (data[:80], body)
+            assert message in body["error"], (data[:80], body)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:  # errors keep the connection
+            sock.sendall(_post(predict, b"{bad") + _post(predict, b'{"inputs": 5}'))
+            stream = sock.makefile("rb")
+            assert [_reply(stream)[0::2] for _ in range(2)] == [(400, False), (400, False)]
+    with tf_serving_double.serve(exported[3], loaded=loaded) as url:
+        port = int(url.split(":")[2].split("/")[0])
+        status, body, _ = _raw_http(port, _post(predict, good_body))
+        assert status == 200
+        _assert_same(_rest_columns(body), reference)
+
+
+def test_grpc_client_and_double_match_the_in_process_signature(loaded, exported, images, tmp_path, capsys):
+    served = loaded.signatures["serving_default"]
+    encoded = [images[1][0], images[2][1]]
+    reference = _outputs(served, image_bytes=tf.constant(encoded))
+    with tf_serving_double.serve_grpc(exported[3], loaded=loaded) as target:
+        _assert_same(client.predict_grpc_outputs(target, client.grpc_request(encoded)), reference)
+        for bad, message in ((np.random.default_rng(1).bytes(300), "is not a JPEG, PNG, GIF or BMP image"),
+                             (_huge_png(20000, 20000), "is 20000 x 20000 pixels by its header"),
+                             (images[2][0][:300], "Invalid JPEG data")):
+            with pytest.raises(client.ServingError, match=f"(?s){target}: gRPC INVALID_ARGUMENT: .*{message}"):
+                client.predict_grpc(target, [images[1][0], bad])
+            _assert_same(client.predict_grpc_outputs(target, client.grpc_request(encoded)), reference)
+        with pytest.raises(client.ServingError, match="gRPC NOT_FOUND: Servable not found"):
+            client.predict_grpc(target, encoded, model_name="other")
+        request = client.grpc_request(encoded)
+        request.model_spec.signature_name = "nope"
+        with pytest.raises(client.ServingError, match='gRPC INVALID_ARGUMENT: Serving signature name: "nope"'):
+            client.predict_grpc_outputs(target, request)
+        found = client.predict_grpc(target, encoded)
+        assert [len(f["scores"]) for f in found] == reference["num_detections"].tolist()
+        n = len(found[0]["scores"])
+        np.testing.assert_array_equal(found[0]["polygons"], reference["detection_polygons"][0, :n])
+        path = tmp_path / "a.png"
+        path.write_bytes(encoded[0])
+        assert client_command.main(["--grpc", target, "--image", str(path), "--score-threshold", "0.0"]) == 0
+        assert f"{path}: {reference['num_detections'][0]} detections" in capsys.readouterr().out
+        (tmp_path / "junk.png").write_bytes(b"\x00" * 50)
+        assert client_command.main(["--grpc", target, "--image", str(tmp_path / "junk.png")]) == 1
+        assert "gRPC INVALID_ARGUMENT" in capsys.readouterr().err

@@ -1,11 +1,14 @@
-"""polarmask-client: sends images to a PolarMask model on TensorFlow Serving (REST) and prints or draws the detections.
+"""polarmask-client: sends images to a PolarMask model on TF Serving (REST or gRPC), prints or draws the detections.
 
     polarmask-client --url http://HOST:8501/v1/models/polarmask --image x.jpg [--image y.png ...] \\
         [--output overlay.png | --output-dir overlays] [--score-threshold 0.3] [--json detections.json]
+    polarmask-client --grpc HOST:8500 [--model-name polarmask] --image x.jpg ...
 
 Sends one predict request with all images to the serving_default signature
-(polarmask_tf.serving.client), prints each image's detections and, with --output (one image) or
---output-dir (several), draws them (drawing imports polarmask_tf.visualize, and with it TensorFlow).
+(polarmask_tf.serving.client): REST with --url, gRPC PredictionService.Predict with --grpc (needs
+grpcio and tensorflow-serving-api, see docs/serving.md). Prints each image's detections and, with
+--output (one image) or --output-dir (several), draws them (drawing imports polarmask_tf.visualize,
+and with it TensorFlow).
 Exit status 1 when an image cannot be read or the server answers with an error.
 """
 
@@ -18,7 +21,12 @@ from polarmask_tf.cli import common
 
 def build_parser():
     parser = common.parser(__doc__)
-    parser.add_argument("--url", required=True, help="http://HOST:8501/v1/models/NAME[/versions/V]")
+    transport = parser.add_mutually_exclusive_group(required=True)
+    transport.add_argument("--url", help="REST: http://HOST:8501/v1/models/NAME[/versions/V]")
+    transport.add_argument("--grpc", metavar="HOST:PORT", help="gRPC: TF Serving's gRPC address, e.g. localhost:8500")
+    parser.add_argument("--model-name", default="polarmask", help="model name of a --grpc request (default polarmask)")
+    parser.add_argument("--model-version", type=common.positive_int,
+                        help="a specific version for --grpc (default: the server's latest)")
     parser.add_argument("--image", action="append", required=True, help="image file (repeatable: one request)")
     parser.add_argument("--output", help="overlay PNG (one --image)")
     parser.add_argument("--output-dir", help="overlays <stem>.png for several images")
@@ -57,7 +65,10 @@ def request(args, stream):
         print(f"error: cannot read {error.filename}: {error.strerror}", file=sys.stderr)
         return 1
     try:
-        results = client.predict(args.url, encoded, args.timeout)
+        if args.grpc:
+            results = client.predict_grpc(args.grpc, encoded, args.model_name, args.timeout, args.model_version)
+        else:
+            results = client.predict(args.url, encoded, args.timeout)
     except client.ServingError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -23,9 +23,15 @@ Coordinates: pixel (row i, column j) of the original image has its centre at (x=
 OpenCV drawing; add 0.5 for COCO's frame, where pixel edges fall on integers.
 Errors: an empty string, bytes that are not one of the four formats, a corrupt image or one with
 more than max_image_pixels pixels fail the request with InvalidArgument naming the image's index.
-The limit is checked after decoding, so the decoder allocates h*w*3 bytes first (300 MB at the
-default limit, 10000 x 10000); the resize then works on the uint8 image directly, without a
-float32 copy at full size.
+Messages never embed the raw bytes (the first bytes of an unknown format are shown in hex), so
+they are always valid UTF-8. The size is read from the image's header BEFORE decoding (JPEG:
+tf.io.extract_jpeg_shape; PNG: IHDR width and height, big-endian at bytes 16..24; GIF: the logical
+screen, little-endian uint16 at bytes 6..10; BMP: int32 little-endian at bytes 18..26, the height's
+sign dropped), so a 1 MB PNG claiming 20000 x 20000 pixels is rejected without allocating the
+1.2 GB its decoding would; the decoded size is checked again. The resize works on the uint8 image
+directly, without a float32 copy at full size.
+Zero images (a batch of 0): every output is empty along the batch axis (num_detections [0],
+detection_boxes [0, K, 4], ...), with the dtypes above; the model does not run.
 """
 
 import os
@@ -98,17 +104,79 @@ def _fail_unless(condition, message):
     return tf.debugging.Assert(condition, [message], summarize=1)
 
 
+_HEX = [f"{value:02x}" for value in range(256)]
+_HEADER_BYTES = 26
+
+
+def _hex(data):
+    """Space-separated hex of a (short) string tensor's bytes: never raw bytes in a message."""
+    codes = tf.cast(tf.io.decode_raw(data, tf.uint8), tf.int32)
+    return tf.strings.reduce_join(tf.gather(tf.constant(_HEX), codes), separator=" ")
+
+
+def _header(encoded):
+    """The first _HEADER_BYTES bytes of `encoded`, zero-padded to that length (a string tensor).
+    Only substr at position 0 touches `encoded`: substr past its end would fail with a message
+    holding the raw bytes."""
+    padded = tf.strings.join([tf.strings.substr(encoded, 0, _HEADER_BYTES), tf.constant(b"\0" * _HEADER_BYTES)])
+    return tf.strings.substr(padded, 0, _HEADER_BYTES)
+
+
+def header_size(encoded):
+    """(height, width) int64 of an encoded image from its header, without decoding it; (0, 0)
+    for an unknown format or a header too short to say (the decoder then reports the problem).
+    JPEG: tf.io.extract_jpeg_shape (InvalidArgument when its header is corrupt); PNG: IHDR
+    big-endian uint32 width, height at bytes 16..24; GIF: the logical screen, little-endian uint16
+    width, height at bytes 6..10; BMP: little-endian int32 width, height at bytes 18..26 (a
+    negative height means top-down rows), as TensorFlow's decoders read them."""
+    header = _header(encoded)
+    b = tf.cast(tf.io.decode_raw(header, tf.uint8), tf.int64)
+
+    def big_endian(start, count):
+        return sum(b[start + i] * (256 ** (count - 1 - i)) for i in range(count))
+
+    def little_endian(start, count):
+        return sum(b[start + i] * (256 ** i) for i in range(count))
+
+    def int32(unsigned):
+        return tf.abs(tf.where(unsigned >= 2**31, unsigned - 2**32, unsigned))
+
+    head = tf.strings.substr(encoded, 0, 4)
+    is_jpeg, is_png, is_gif, is_bmp = (tf.strings.substr(head, 0, len(magic)) == magic for magic, _ in _FORMATS)
+    png = tf.where(tf.strings.substr(header, 12, 4) == b"IHDR",
+                   tf.stack([big_endian(20, 4), big_endian(16, 4)]), tf.zeros([2], tf.int64))
+    gif = tf.stack([little_endian(8, 2), little_endian(6, 2)])
+    bmp = tf.stack([int32(little_endian(22, 4)), int32(little_endian(18, 4))])
+    jpeg = tf.cond(is_jpeg, lambda: tf.cast(tf.io.extract_jpeg_shape(encoded)[:2], tf.int64),
+                   lambda: tf.zeros([2], tf.int64))
+    size = tf.where(is_png, png, tf.where(is_gif, gif, tf.where(is_bmp, bmp, jpeg)))
+    return size[0], size[1]
+
+
+def _size_message(input_name, index, height, width, max_pixels, where=""):
+    return tf.strings.format(
+        input_name + "[{}] is {} x {} pixels" + where + ": images must be non-empty and at most {} pixels "
+        "(export_saved_model --max_image_pixels)", (index, height, width, max_pixels))
+
+
 def _decode(encoded, index, max_pixels):
-    """image_bytes[index] -> RGB uint8 [h, w, 3], or InvalidArgument naming the index and problem."""
+    """image_bytes[index] -> RGB uint8 [h, w, 3], or InvalidArgument naming the index and problem.
+    The format and the header's size are checked before the decoder runs."""
     head = tf.strings.substr(encoded, 0, 4)
     known = tf.reduce_any(tf.stack([tf.strings.substr(head, 0, len(magic)) == magic for magic, _ in _FORMATS]))
     checks = [
         _fail_unless(tf.strings.length(encoded) > 0,
                      tf.strings.format("image_bytes[{}] is an empty string, not an encoded image", index)),
         _fail_unless(known | (tf.strings.length(encoded) == 0), tf.strings.format(
-            "image_bytes[{}] is not a JPEG, PNG, GIF or BMP image (it starts with {})", (index, head))),
+            "image_bytes[{}] is not a JPEG, PNG, GIF or BMP image (its first bytes are {} in hex)",
+            (index, _hex(head)))),
     ]
     with tf.control_dependencies(checks):
+        height, width = header_size(encoded)
+    size_check = _fail_unless(height * width <= max_pixels,
+                              _size_message("image_bytes", index, height, width, max_pixels,
+                                            " by its header (not decoded)"))
+    with tf.control_dependencies([size_check]):
         image = tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False)
     image = tf.ensure_shape(image, [None, None, 3])
     return _checked_size(image, "image_bytes", index, max_pixels)
@@ -117,11 +185,8 @@ def _decode(encoded, index, max_pixels):
 def _checked_size(image, input_name, index, max_pixels):
     """The image [h, w, 3], or InvalidArgument when it is empty or has more than max_pixels pixels."""
     height, width = tf.unstack(tf.shape(image, out_type=tf.int64)[:2])
-    check = _fail_unless(
-        (height > 0) & (width > 0) & (height * width <= max_pixels),
-        tf.strings.format(input_name + "[{}] is {} x {} pixels: images must be non-empty and at most {} pixels "
-                          "(export_saved_model --max_image_pixels)", (index, height, width, max_pixels)),
-    )
+    check = _fail_unless((height > 0) & (width > 0) & (height * width <= max_pixels),
+                         _size_message(input_name, index, height, width, max_pixels))
     with tf.control_dependencies([check]):
         return tf.identity(image)
 
@@ -157,13 +222,30 @@ def build_archive(config, model, categories_path, mask_size=None, max_image_pixe
             outputs["detection_masks"] = tf.cast(masks, tf.uint8)
         return outputs
 
+    k, n = config.postprocess.max_detections, config.polar.num_rays
+
+    def empty():
+        """The outputs of a request with zero images: empty along the batch axis."""
+        outputs = {
+            "num_detections": tf.zeros([0], tf.int32),
+            "detection_boxes": tf.zeros([0, k, 4], tf.float32),
+            "detection_scores": tf.zeros([0, k], tf.float32),
+            "detection_classes": tf.zeros([0, k], tf.int32),
+            "detection_class_names": tf.fill([0, k], ""),
+            "detection_polygons": tf.zeros([0, k, n, 2], tf.float32),
+        }
+        if mask_size:
+            outputs["detection_masks"] = tf.zeros([0, k, mask_size, mask_size], tf.uint8)
+        return outputs
+
     def serve_bytes(image_bytes):
         def prepare(args):
             index, encoded = args
             return preprocessing.preprocess_image(_decode(encoded, index, max_image_pixels), config)
 
         indices = tf.range(tf.size(image_bytes))
-        return detect(*tf.map_fn(prepare, (indices, image_bytes), fn_output_signature=prepared_spec))
+        return tf.cond(tf.size(image_bytes) > 0, lambda: detect(
+            *tf.map_fn(prepare, (indices, image_bytes), fn_output_signature=prepared_spec)), empty)
 
     def serve_images(images):
         def prepare(args):
@@ -171,7 +253,8 @@ def build_archive(config, model, categories_path, mask_size=None, max_image_pixe
             return preprocessing.preprocess_image(_checked_size(image, "images", index, max_image_pixels), config)
 
         indices = tf.range(tf.shape(images)[0])
-        return detect(*tf.map_fn(prepare, (indices, images), fn_output_signature=prepared_spec))
+        return tf.cond(tf.shape(images)[0] > 0, lambda: detect(
+            *tf.map_fn(prepare, (indices, images), fn_output_signature=prepared_spec)), empty)
 
     archive = keras.export.ExportArchive()
     for resource in (model, category_ids, category_names):
@@ -221,11 +304,24 @@ def write_server_configs(export_dir, model_name, max_batch_size=8):
     return models, batching
 
 
+def make_readable(path, dir_mode=0o755, file_mode=0o644):
+    """chmod of `path` and everything under it: directories dir_mode, files file_mode, so a model
+    server running as another user can read an export (tempfile.mkdtemp creates 0700)."""
+    os.chmod(path, dir_mode)
+    for root, dirs, files in os.walk(path):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), dir_mode)
+        for name in files:
+            os.chmod(os.path.join(root, name), file_mode)
+
+
 def export(config, model, label_map, export_dir, version=None, mask_size=None,
            max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS, model_name="polarmask", overwrite=False):
     """Writes EXPORT_DIR/VERSION (TF Serving's layout: a SavedModel with its assets, the
     categories asset and assets.extra/tf_serving_warmup_requests), plus models.config and
-    batching_parameters.txt in EXPORT_DIR. Returns the version directory.
+    batching_parameters.txt in EXPORT_DIR. Returns the version directory. Every directory of
+    the version is mode 0755 and every file 0644, whatever the umask, so the model server may run
+    as another user.
 
     The SavedModel is written to a hidden staging directory and renamed into place, so a server
     watching EXPORT_DIR never sees half a version. version: an int, default next_version().
@@ -244,10 +340,12 @@ def export(config, model, label_map, export_dir, version=None, mask_size=None,
             archive = build_archive(config, model, categories, mask_size, max_image_pixels)
             archive.write_out(staging, verbose=False)
         warmup.write_warmup_requests(os.path.join(staging, *warmup.WARMUP_FILE), model_name)
+        make_readable(staging)
         if os.path.exists(final):
             shutil.rmtree(final)
         os.rename(staging, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    write_server_configs(export_dir, model_name)
+    for path in write_server_configs(export_dir, model_name):
+        os.chmod(path, 0o644)
     return final
