@@ -33,6 +33,7 @@ import contextlib
 import copy
 import io
 import os
+import sys
 import time
 
 import numpy as np
@@ -207,7 +208,7 @@ def _mean_valid(values):
 def evaluate_results(coco_gt, results, image_ids=None):
     """COCO AP of results entries (detections_to_coco) against a ground truth.
 
-    coco_gt: pycocotools COCO (data.coco.load_coco). results: list of entries, possibly empty.
+    coco_gt: pycocotools COCO (data.coco.load_ground_truth). results: list of entries, possibly empty.
     image_ids: evaluate these images only (default: every image of coco_gt); the images that were
       not run must be left out, or their instances count as missed.
     Returns {"segm": {name: AP}, "bbox": {name: AP}, "per_category": {"segm": {category name: AP},
@@ -312,17 +313,30 @@ class Evaluator:
     (default: LabelMap.from_coco_categories of the json, contiguous in category id order, the rule
     the TFRecord conversion uses). max_images: evaluate the first N images by id only.
 
-    Images that cannot be read, or whose size differs from the json's, are skipped and counted by
-    reason in metrics["skipped_images"]; AP is then over the images that were run. A Predictor is
+    The ground truth is checked first, before any inference (data.coco.load_ground_truth, the
+    segmentation checks of the TFRecord conversion): annotations pycocotools cannot rasterise
+    (huge or NaN coordinates, null segmentations, malformed RLEs, bad iscrowd, area or bbox) and
+    images without a size are dropped, counted by reason in `ground_truth_skipped` and
+    metrics["ground_truth_skipped"], and reported once on `report_stream` (default stderr; None:
+    silent). Images that cannot be read, or whose size differs from the json's, are skipped and
+    counted by reason in metrics["skipped_images"]; AP is then over the images that were run. A Predictor is
     built once per model and reused, so calling the evaluator every few thousand training steps
     costs only the inference itself.
     """
 
-    def __init__(self, config, annotations, images_dir, label_map=None, max_images=None, batch_size=8):
+    def __init__(self, config, annotations, images_dir, label_map=None, max_images=None, batch_size=8,
+                 report_stream=sys.stderr):
+        if max_images is not None and max_images < 0:
+            raise ValueError(f"max_images must be positive (or None for all), got {max_images}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.config = config
         self.images_dir = images_dir
         self.batch_size = batch_size
-        self.coco_gt = coco_lib.load_coco(annotations)
+        self.coco_gt, self.ground_truth_skipped = coco_lib.load_ground_truth(annotations)
+        dropped = coco_lib.format_skips(self.ground_truth_skipped)
+        if dropped and report_stream is not None:
+            print(f"ground truth {annotations}: dropped {dropped}", file=report_stream)
         self.label_map = label_map or coco_lib.LabelMap.from_coco_categories(self.coco_gt.dataset["categories"])
         if self.label_map.num_classes != config.model.num_classes:
             raise ValueError(
@@ -378,6 +392,7 @@ class Evaluator:
         seconds = time.perf_counter() - start
         metrics = evaluate_results(self.coco_gt, results, evaluated)
         metrics["skipped_images"] = skips.to_dict()
+        metrics["ground_truth_skipped"] = ground_truth_skips_dict(self.ground_truth_skipped)
         metrics["seconds_per_image"] = seconds / max(len(self.images), 1)
         return metrics, results
 
@@ -385,6 +400,13 @@ class Evaluator:
         """The scalar metrics of `model` ({"segm/AP": ..., "bbox/AP75": ...}) for a training log."""
         metrics, _ = self.evaluate(model, stream=io.StringIO())
         return scalar_metrics(metrics)
+
+
+def ground_truth_skips_dict(skips):
+    """The ground-truth drops of data.coco.load_ground_truth as JSON: {"images", "annotations",
+    "parts"}, each {"counts": {reason: n}, "examples": {reason: [ids]}}."""
+    return {"images": skips.images.to_dict(), "annotations": skips.annotations.to_dict(),
+            "parts": skips.parts.to_dict()}
 
 
 def evaluate_model(config, model, annotations, images_dir, label_map=None, max_images=None, stream=None):

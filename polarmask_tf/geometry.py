@@ -372,17 +372,96 @@ def largest_contour(mask):
 # COCO segmentations
 
 
-def _coco_rle(segmentation, height, width):
+RLE_MAX_CHARS_PER_COUNT = 7
+"""A compressed RLE count takes at most this many characters (35 bits: any uint32 with its sign bit);
+pycocotools' decoder overflows on longer ones."""
+
+
+def _is_int(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def decode_rle_string(counts):
+    """The run lengths of a COCO compressed RLE string (str or ASCII bytes), as Python ints.
+
+    The format (pycocotools' rleToString): each count is written in 5-bit groups, least significant
+    first, one character per group: chr(48 + group | 0x20 if more groups follow). The last group's
+    0x10 bit is the sign, extended over the bits above it. Counts from the fourth on (index i > 2)
+    are stored as the difference to the count two before them (the same colour's previous run).
+    The decoded values are returned as they are (possibly negative or huge); GeometryError
+    "bad_rle_counts" for characters outside '0'..'o', a count longer than RLE_MAX_CHARS_PER_COUNT
+    characters, or a string that ends inside a count.
+    """
+    if isinstance(counts, (bytes, bytearray)):
+        try:
+            counts = counts.decode("ascii")
+        except UnicodeDecodeError:
+            raise GeometryError("bad_rle_counts", "RLE counts: not ASCII") from None
+    values = []
+    value = shift = 0
+    for position, char in enumerate(counts):
+        group = ord(char) - 48
+        if not 0 <= group < 64:
+            raise GeometryError("bad_rle_counts", f"RLE counts: character {char!r} at {position} is not in '0'..'o'")
+        value |= (group & 0x1F) << shift
+        shift += 5
+        if group & 0x20:
+            if shift >= 5 * RLE_MAX_CHARS_PER_COUNT:
+                raise GeometryError("bad_rle_counts",
+                                    f"RLE counts: count {len(values)} overflows (too many characters)")
+            continue
+        if group & 0x10:
+            value -= 1 << shift
+        if len(values) > 2:
+            value += values[-2]
+        values.append(value)
+        value = shift = 0
+    if shift:
+        raise GeometryError("bad_rle_counts", "RLE counts: the string ends inside a count")
+    return values
+
+
+def check_rle(segmentation, height, width):
+    """Checks a COCO RLE dict without decoding it in pycocotools; raises GeometryError.
+
+    Reasons: "bad_segmentation" (no "size" or "counts"), "bad_rle_size" (size is not two
+    non-negative ints), "rle_size_mismatch" (size is not [height, width]), "bad_rle_counts"
+    (counts neither a list of ints nor a compressed string, unparseable, or a negative count) and
+    "rle_counts_sum_mismatch" (counts do not sum to height * width: pycocotools would decode
+    uninitialised memory or write past the mask).
+    """
     size = segmentation.get("size")
     counts = segmentation.get("counts")
     if size is None or counts is None:
         raise GeometryError("bad_segmentation", "RLE segmentation needs 'size' and 'counts'")
+    if not isinstance(size, (list, tuple)) or len(size) != 2 or not all(_is_int(v) and v >= 0 for v in size):
+        raise GeometryError("bad_rle_size", f"RLE size {size!r:.40} is not two non-negative integers")
     if [int(v) for v in size] != [int(height), int(width)]:
         raise GeometryError(
             "rle_size_mismatch", f"RLE size {list(size)} does not match the image size [{height}, {width}]"
         )
-    if isinstance(counts, list):
-        return coco_mask.frPyObjects(segmentation, int(height), int(width))
+    if isinstance(counts, (list, tuple)):
+        if not all(_is_int(v) for v in counts):
+            raise GeometryError("bad_rle_counts", "RLE counts: a list with non-integer entries")
+        values = [int(v) for v in counts]
+    elif isinstance(counts, (str, bytes)):
+        values = decode_rle_string(counts)
+    else:
+        raise GeometryError("bad_rle_counts", f"RLE counts of type {type(counts).__name__}")
+    if any(v < 0 for v in values):
+        raise GeometryError("bad_rle_counts", "RLE counts: a negative count")
+    total = sum(values)
+    if total != int(height) * int(width):
+        raise GeometryError("rle_counts_sum_mismatch",
+                            f"RLE counts sum to {total}, not height * width = {int(height) * int(width)}")
+
+
+def _coco_rle(segmentation, height, width):
+    check_rle(segmentation, height, width)
+    if isinstance(segmentation["counts"], (list, tuple)):
+        return coco_mask.frPyObjects(
+            {"size": [int(height), int(width)], "counts": [int(v) for v in segmentation["counts"]]},
+            int(height), int(width))
     return segmentation
 
 
@@ -402,8 +481,9 @@ def coco_segmentation_to_polygons(segmentation, height, width):
     """COCO segmentation -> polygon parts, a list of float32 [V, 2] (x, y) arrays.
 
     Polygon lists are returned part by part as given (each checked: 3+ vertices, finite, non-zero
-    area). RLE (compressed or uncompressed, its size must equal [height, width]) is decoded and
-    traced: its outer contours, largest first. Raises GeometryError with a reason.
+    area). RLE (compressed or uncompressed, its size must equal [height, width], checked by
+    check_rle before pycocotools decodes it) is decoded and traced: its outer contours, largest
+    first. Raises GeometryError with a reason.
     """
     if isinstance(segmentation, dict):
         parts = outer_contours(coco_mask.decode(_coco_rle(segmentation, height, width)))

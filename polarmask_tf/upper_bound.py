@@ -13,6 +13,10 @@ The command is polarmask-upper-bound (cli/upper_bound.py).
 With `--method reference` the centre is truncated to integers, as the original does. Instances
 that cannot be measured (crowd, empty or degenerate masks, broken segmentations) are counted under
 "skipped" by reason, with a few annotation ids per reason; the run never stops on one of them.
+Segmentations are checked with data.coco.check_segmentation (the TFRecord conversion's checks)
+before pycocotools rasterises them: huge coordinates ("far_outside_image"), malformed RLEs and
+null segmentations are skipped instead of exhausting memory or crashing; invalid polygon parts of
+an otherwise valid annotation are left out and counted under "dropped_parts".
 """
 
 import collections
@@ -98,6 +102,7 @@ def _iou(a, b):
 def run(annotations_path, num_rays, methods, centers, raster="center", max_instances=None, stream=sys.stdout):
     """Measures the upper bound over a COCO file; returns the report dict."""
     from polarmask_tf import geometry
+    from polarmask_tf.data import coco
 
     data = _load_coco(annotations_path)
     images = {image.get("id"): image for image in data["images"] if isinstance(image, dict)}
@@ -106,6 +111,7 @@ def run(annotations_path, num_rays, methods, centers, raster="center", max_insta
         annotations = annotations[:max_instances]
     skipped = collections.Counter()
     examples = collections.defaultdict(list)
+    dropped_parts = collections.Counter()
     sums = collections.defaultdict(float)
     measured = 0
 
@@ -118,11 +124,15 @@ def run(annotations_path, num_rays, methods, centers, raster="center", max_insta
     for annotation in annotations:
         try:
             image = images.get(annotation.get("image_id"))
-            if annotation.get("iscrowd", 0):
+            if coco.parse_iscrowd(annotation.get("iscrowd", 0)):
                 raise geometry.GeometryError("iscrowd", "crowd annotation")
             if image is None or not isinstance(image.get("height"), int) or not isinstance(image.get("width"), int):
                 raise geometry.GeometryError("unknown_image", "image id not in 'images' or without a size")
-            mask = geometry.coco_segmentation_to_mask(annotation.get("segmentation"), image["height"], image["width"])
+            # The conversion's checks first: pycocotools never sees what it cannot rasterise.
+            segmentation, parts = coco.check_segmentation(annotation.get("segmentation"), image["height"],
+                                                          image["width"])
+            dropped_parts.update(part.reason for part in parts or () if isinstance(part, geometry.GeometryError))
+            mask = geometry.coco_segmentation_to_mask(segmentation, image["height"], image["width"])
             if not mask.any():
                 raise geometry.GeometryError("empty_mask", "the segmentation covers no pixel")
             for key, value in instance_ious(mask.astype(bool), num_rays, methods, centers, raster).items():
@@ -153,6 +163,7 @@ def run(annotations_path, num_rays, methods, centers, raster="center", max_insta
         "results": results,
         "skipped": dict(sorted(skipped.items())),
         "skipped_examples": {reason: ids for reason, ids in sorted(examples.items())},
+        "dropped_parts": dict(sorted(dropped_parts.items())),
     }
 
 
@@ -170,6 +181,9 @@ def format_table(report):
     instances = report["results"][0]["instances"] if report["results"] else 0
     skipped = ", ".join(f"{k}: {v}" for k, v in report["skipped"].items()) or "none"
     lines.append(f"instances measured: {instances}; skipped: {skipped}")
+    if report.get("dropped_parts"):
+        parts = ", ".join(f"{k}: {v}" for k, v in report["dropped_parts"].items())
+        lines.append(f"invalid polygon parts left out of measured instances: {parts}")
     return "\n".join(lines)
 
 

@@ -7,8 +7,11 @@ import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pycocotools import mask as coco_mask
 
+from polarmask_tf import geometry
 from polarmask_tf.data import coco
 
 H, W = 60, 80
@@ -286,6 +289,24 @@ def test_crowd_annotations_are_excluded():
         ([["a", "b", "c", "d", "e", "f"]], 1, 400.0, "bad_segmentation"),
         ({"size": [10, 10], "counts": "PP0"}, 1, 400.0, "rle_size_mismatch"),
         ({"counts": "PP0"}, 1, 400.0, "bad_segmentation"),
+        (None, 1, 400.0, "bad_segmentation"),  # segmentation: null
+        ([[10.5, 10.5, 1e12, 10.5, 30.5, 30.5]], 1, 400.0, "far_outside_image"),  # pycocotools: 20+ GB
+        ([[10.5, 10.5, 30.5, -1e30, 30.5, 30.5]], 1, 400.0, "far_outside_image"),
+        # Malformed RLEs: every one of these aborted the conversion or made pycocotools read garbage.
+        ({"size": "ab", "counts": "PP0"}, 1, 400.0, "bad_rle_size"),
+        ({"size": [H], "counts": "PP0"}, 1, 400.0, "bad_rle_size"),
+        ({"size": [H, "80"], "counts": "PP0"}, 1, 400.0, "bad_rle_size"),
+        ({"size": [H, W], "counts": 12}, 1, 400.0, "bad_rle_counts"),  # neither a string nor a list
+        ({"size": [H, W], "counts": {"a": 1}}, 1, 400.0, "bad_rle_counts"),
+        ({"size": [H, W], "counts": "P\x01P"}, 1, 400.0, "bad_rle_counts"),  # outside the RLE alphabet
+        ({"size": [H, W], "counts": "oooooooooo0"}, 1, 400.0, "bad_rle_counts"),  # a count of 55 bits
+        ({"size": [H, W], "counts": "P"}, 1, 400.0, "bad_rle_counts"),  # ends inside a count
+        ({"size": [H, W], "counts": "O"}, 1, 400.0, "bad_rle_counts"),  # "O" is -1: a negative count
+        ({"size": [H, W], "counts": [H * W, -5, 5]}, 1, 400.0, "bad_rle_counts"),  # sums to H*W, negative
+        ({"size": [H, W], "counts": [100, "x"]}, 1, 400.0, "bad_rle_counts"),
+        ({"size": [H, W], "counts": [100, 50]}, 1, 400.0, "rle_counts_sum_mismatch"),  # uncompressed, short
+        ({"size": [H, W], "counts": [H * W, 1]}, 1, 400.0, "rle_counts_sum_mismatch"),  # would overrun
+        ({"size": [H, W], "counts": "PP0"}, 1, 400.0, "rle_counts_sum_mismatch"),  # compressed, short
     ],
 )
 def test_degenerate_annotations_are_dropped_with_a_reason_and_good_ones_kept(segmentation, category_id, area, reason):
@@ -295,6 +316,86 @@ def test_degenerate_annotations_are_dropped_with_a_reason_and_good_ones_kept(seg
     assert skips.annotations.examples == {reason: [2]}
     assert len(instances["labels"]) == 2
     np.testing.assert_allclose(instances["boxes"], [[10, 10, 30, 30]] * 2)
+
+
+@pytest.mark.parametrize(
+    "iscrowd, reason",
+    [(0, None), (1, "crowd"), (False, None), (True, "crowd"), ("0", None), ("1", "crowd"),
+     (2, "bad_iscrowd"), (0.0, "bad_iscrowd"), ("yes", "bad_iscrowd"), ("", "bad_iscrowd"), (None, "bad_iscrowd")],
+)
+def test_iscrowd_is_parsed_strictly(iscrowd, reason):
+    instances, skips = _instances(_annotation(1, [SQUARE]), _annotation(2, [SQUARE], iscrowd=iscrowd))
+    assert skips.annotations.counts == ({reason: 1} if reason else {})
+    assert len(instances["labels"]) == (2 if reason is None else 1)
+
+
+def test_a_far_outside_part_is_dropped_and_the_other_parts_kept():
+    instances, skips = _instances(_annotation(7, [[10.5, 10.5, 1e12, 10.5, 30.5, 30.5], SQUARE]))
+    np.testing.assert_allclose(instances["boxes"], [[10, 10, 30, 30]])
+    assert not skips.annotations.counts and skips.parts.counts == {"far_outside_image": 1}
+    # The limit: OUTSIDE_IMAGE_LIMIT image sizes beyond each edge are still clipped and kept.
+    near = 80 + coco.OUTSIDE_IMAGE_LIMIT * 80 - 1
+    instances, skips = _instances(_annotation(8, [[10.5, 10.5, near, 10.5, 30.5, 30.5]]))
+    assert len(instances["labels"]) == 1 and not skips.annotations.counts
+
+
+def _uncompressed_counts(mask):
+    """Run lengths of a mask in column-major order, starting with a run of zeros (COCO's RLE)."""
+    flat = mask.reshape(-1, order="F")
+    changes = np.flatnonzero(np.diff(flat)) + 1
+    bounds = np.concatenate([[0], changes, [flat.size]])
+    runs = np.diff(bounds).tolist()
+    return ([0] + runs) if flat.size and flat[0] else runs
+
+
+@given(st.integers(1, 40), st.integers(1, 40), st.floats(0.0, 1.0), st.integers(0, 2**32 - 1))
+@settings(max_examples=60, deadline=None)
+def test_the_rle_string_decoder_inverts_pycocotools_encode(height, width, density, seed):
+    rng = np.random.default_rng(seed)
+    mask = np.asfortranarray((rng.random((height, width)) < density).astype(np.uint8))
+    rle = coco_mask.encode(mask)
+    counts = geometry.decode_rle_string(rle["counts"])
+    assert sum(counts) == height * width and min(counts) >= 0
+    assert counts == _uncompressed_counts(mask)
+    geometry.check_rle({"size": [height, width], "counts": rle["counts"].decode()}, height, width)  # no error
+
+
+def test_the_rle_string_decoder_reads_large_and_delta_coded_counts():
+    # Runs long enough to need several 5-bit groups, and deltas (from the fourth count on) of both signs.
+    mask = np.zeros((300, 400), np.uint8, order="F")
+    mask[:, 10:20] = 1
+    mask[:5, 200:399] = 1
+    rle = coco_mask.encode(mask)
+    assert geometry.decode_rle_string(rle["counts"]) == _uncompressed_counts(mask)
+
+
+def test_check_ground_truth_drops_what_pycocotools_cannot_rasterise():
+    good = [dict(_annotation(i, [SQUARE]), bbox=[10, 10, 20, 20]) for i in (1, 2)]
+    bad = [
+        dict(_annotation(3, [[10.5, 10.5, 1e12, 10.5, 30.5, 30.5]]), bbox=[10, 10, 20, 20]),
+        dict(_annotation(4, None), bbox=[10, 10, 20, 20]),
+        dict(_annotation(5, {"size": [H, W], "counts": [1, 2]}), bbox=[10, 10, 20, 20]),
+        dict(_annotation(6, [SQUARE], iscrowd="crowd"), bbox=[10, 10, 20, 20]),
+        _annotation(7, [SQUARE]),  # no bbox
+        dict(_annotation(8, [SQUARE], area=float("nan")), bbox=[10, 10, 20, 20]),
+        dict(_annotation(9, [SQUARE]), bbox=[10, 10, 20, 20], image_id=5),
+        dict(_annotation(10, [SQUARE]), bbox=[10, 10, 20, 20], image_id=2),
+    ]
+    mixed = dict(_annotation(11, [SQUARE, [1.0, 2.0, 3.0, float("nan"), 5.0, 6.0]], iscrowd="0"),
+                 bbox=[10, 10, 20, 20])
+    data = {"images": [{"id": 1, "file_name": "a.jpg", "height": H, "width": W}, {"id": 2, "file_name": "b.jpg"}],
+            "annotations": good + bad + [mixed], "categories": [{"id": 1, "name": "person"}]}
+    cleaned, skips = coco.check_ground_truth(data)
+    assert skips.images.counts == {"missing_size": 1} and skips.images.examples == {"missing_size": [2]}
+    assert skips.annotations.counts == {"far_outside_image": 1, "bad_segmentation": 1, "rle_counts_sum_mismatch": 1,
+                                        "bad_iscrowd": 1, "bad_bbox": 1, "bad_area": 1, "unknown_image": 1,
+                                        "image_skipped": 1}
+    assert skips.parts.counts == {"non_finite": 1} and skips.parts.examples == {"non_finite": [11]}
+    assert [a["id"] for a in cleaned["annotations"]] == [1, 2, 11]
+    assert cleaned["annotations"][2]["segmentation"] == [SQUARE] and cleaned["annotations"][2]["iscrowd"] == 0
+    assert [image["id"] for image in cleaned["images"]] == [1]
+    assert len(data["annotations"]) == 11  # the input is not modified
+    assert "1 images (missing_size: 1 (e.g. [2]))" in coco.format_skips(skips)
 
 
 def test_min_area_is_configurable():

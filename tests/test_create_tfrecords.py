@@ -4,6 +4,10 @@ import glob
 import io
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import cv2
 import numpy as np
@@ -365,7 +369,7 @@ def test_a_failure_midway_leaves_no_partial_shard(synthetic_data, tmp_path, monk
     monkeypatch.setattr(coco, "image_record", failing)
     with pytest.raises(type(error)):
         _convert(tmp_path, synthetic_data / "annotations" / "instances_train.json", synthetic_data / "train",
-                 num_shards=2)
+                 num_shards=2, overwrite=True)
     assert sorted(os.listdir(out)) == ["train-00000-of-00002.tfrecord"]
     assert old_shard.read_bytes() == b"previous run"
 
@@ -412,3 +416,109 @@ def test_a_given_label_map_is_reused_and_other_categories_are_skipped(synthetic_
     others = sum(a["category_id"] not in (2, 5) for a in data["annotations"])
     assert report["annotations"]["skipped"]["counts"] == {"unknown_category": others}
     assert coco.read_label_map(report["label_map"]).to_dict() == coco.read_label_map(str(path)).to_dict()
+
+
+# --------------------------------------------------------------------------------------------
+# Output prefix: earlier conversions, unusable paths, termination
+
+
+def test_an_earlier_conversion_into_the_prefix_is_refused_unless_overwrite(synthetic_data, tmp_path, capsys):
+    annotations, images = synthetic_data / "annotations" / "instances_train.json", synthetic_data / "train"
+    prefix, first = _convert(tmp_path, annotations, images, num_shards=3)
+    other = tmp_path / "out" / "train-extra-00000-of-00001.tfrecord"  # another prefix: never touched
+    other.write_bytes(b"other prefix")
+    before = sorted(os.listdir(tmp_path / "out"))
+    with pytest.raises(records_writer.OutputExistsError) as error:
+        _convert(tmp_path, annotations, images, num_shards=2)
+    message = str(error.value)
+    assert "--overwrite" in message and "train-00002-of-00003.tfrecord" in message
+    assert "train-labels.json" in message and "train-report.json" in message and "train-extra" not in message
+    argv = ["--annotations", str(annotations), "--images-dir", str(images), "--output-prefix", prefix,
+            "--num-shards", "2", "--num-workers", "0"]
+    assert create_command.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "train-00000-of-00003.tfrecord" in err and "--overwrite" in err
+    assert sorted(os.listdir(tmp_path / "out")) == before  # refused before writing anything
+
+    assert create_command.main(argv + ["--overwrite"]) == 0
+    assert sorted(os.listdir(tmp_path / "out")) == [
+        "train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord", "train-extra-00000-of-00001.tfrecord",
+        "train-labels.json", "train-report.json",
+    ]
+    records = _read_shards(glob.glob(prefix + "-[0-9]*-of-*.tfrecord"))
+    assert len(records) == first["images"]["written"]  # each image once: the 3-shard files are gone
+    assert other.read_bytes() == b"other prefix"
+
+
+def test_an_output_directory_that_is_a_file_exits_2_naming_it(synthetic_data, tmp_path, capsys):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file")
+    annotations = str(synthetic_data / "annotations" / "instances_train.json")
+    for prefix in (blocker / "train", blocker / "sub" / "train"):
+        argv = ["--annotations", annotations, "--images-dir", str(synthetic_data / "train"),
+                "--output-prefix", str(prefix)]
+        assert create_command.main(argv) == 2
+        err = capsys.readouterr().err
+        assert str(blocker) in err and "is a file, not a directory" in err and "Traceback" not in err
+    assert blocker.read_text() == "a file"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="running as root: chmod 0555 does not stop root from writing")
+def test_a_read_only_output_directory_exits_2_naming_it(synthetic_data, tmp_path, capsys):
+    out = tmp_path / "read_only"
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        argv = ["--annotations", str(synthetic_data / "annotations" / "instances_train.json"),
+                "--images-dir", str(synthetic_data / "train"), "--output-prefix", str(out / "train")]
+        assert create_command.main(argv) == 2
+        err = capsys.readouterr().err
+        assert str(out) in err and "not writable" in err
+        assert os.listdir(out) == []
+    finally:
+        out.chmod(0o755)
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_num_shards_must_be_positive(value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        create_command.main(["--annotations", "a.json", "--images-dir", "i", "--output-prefix", "p",
+                             "--num-shards", value])
+    assert exit_info.value.code == 2
+    assert "argument --num-shards: must be at least 1" in capsys.readouterr().err
+
+
+_SLOW_CONVERSION = """
+import sys, time
+from polarmask_tf.data import coco
+real = coco.image_record
+def slow(*args, **kwargs):
+    time.sleep(0.5)
+    return real(*args, **kwargs)
+coco.image_record = slow
+from polarmask_tf.cli import create_tfrecords
+sys.exit(create_tfrecords.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_removes_the_temporaries_and_exits_143(synthetic_data, tmp_path):
+    out = tmp_path / "out"
+    argv = ["--annotations", str(synthetic_data / "annotations" / "instances_train.json"),
+            "--images-dir", str(synthetic_data / "train"), "--output-prefix", str(out / "train"),
+            "--num-shards", "2", "--num-workers", "0"]
+    process = subprocess.Popen([sys.executable, "-c", _SLOW_CONVERSION, *argv], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not glob.glob(str(out / "*.tmp-*")):
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.02)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == create_command.TERMINATED == 143, err
+    assert "terminated: no shard was written" in err and "Traceback" not in err
+    assert os.listdir(out) == []

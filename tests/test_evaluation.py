@@ -3,6 +3,7 @@
 import contextlib
 import io
 import json
+import types
 
 import numpy as np
 import pytest
@@ -212,3 +213,103 @@ def test_unknown_labels_and_non_finite_detections(val_split):
         evaluation.detections_to_coco(1, _detection([1, 1, 5, 5], polygon, 8), label_map, 10, 10)
     broken = _detection([1, 1, 5, 5], np.where(polygon > 4, np.nan, polygon), 1)
     assert evaluation.detections_to_coco(1, broken, label_map, 10, 10) == []
+
+
+# --------------------------------------------------------------------------------------------
+# Ground truth checked before inference
+
+
+class _BoxPredictor:
+    """Stands in for inference.Predictor: 'detects' each image's ground-truth boxes (as 4-vertex
+    polygons, our frame), for the images in the order the Evaluator asks for them."""
+
+    def __init__(self, data, label_map):
+        self.order = sorted(image["id"] for image in data["images"] if "height" in image)
+        self.detections = {}
+        for image_id in self.order:
+            boxes, labels = [], []
+            for annotation in data["annotations"]:
+                if annotation["image_id"] == image_id:
+                    x, y, w, h = annotation["bbox"]
+                    boxes.append([x - 0.5, y - 0.5, x + w - 0.5, y + h - 0.5])
+                    labels.append(label_map.label_of(annotation["category_id"]))
+            boxes = np.float32(boxes).reshape(-1, 4)
+            corners = np.stack([boxes[:, [0, 1]], boxes[:, [2, 1]], boxes[:, [2, 3]], boxes[:, [0, 3]]], axis=1)
+            self.detections[image_id] = {"boxes": boxes, "scores": np.linspace(1.0, 0.5, len(boxes), dtype=np.float32),
+                                         "classes": np.int32(labels), "polygons": corners}
+        self.asked = []
+
+    def predict(self, images):
+        found = []
+        for _ in images:
+            self.asked.append(self.order[len(self.asked)])
+            found.append(self.detections[self.asked[-1]])
+        return found
+
+
+@pytest.fixture(scope="module")
+def small_val(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gt_checks")
+    synthetic.generate_dataset(root, num_images=4, seed=5, val_fraction=0.5, min_size=96, max_size=128)
+    return root
+
+
+def _evaluate(path, images_dir, data):
+    label_map = coco.LabelMap.from_coco_categories(data["categories"])
+    config = types.SimpleNamespace(model=types.SimpleNamespace(num_classes=label_map.num_classes))
+    report = io.StringIO()
+    evaluator = evaluation.Evaluator(config, str(path), str(images_dir), batch_size=2, report_stream=report)
+    predictor = _BoxPredictor(evaluator.coco_gt.dataset, label_map)
+    metrics, _ = evaluator.evaluate(predictor=predictor, stream=io.StringIO())
+    return metrics, report.getvalue(), predictor
+
+
+def test_bad_ground_truth_is_dropped_before_inference_and_the_ap_of_the_good_ones_is_unchanged(small_val, tmp_path):
+    clean = json.loads((small_val / "annotations" / "instances_val.json").read_text())
+    first, height, width = (clean["images"][0][k] for k in ("id", "height", "width"))
+    box = {"image_id": first, "category_id": clean["categories"][0]["id"], "area": 100.0, "bbox": [5, 5, 10, 10]}
+    bad = [
+        dict(box, segmentation=[[5, 5, 1e12, 5, 15, 15]]),  # pycocotools would allocate 20+ GB
+        dict(box, segmentation=[[5, 5, 15, 5, 15, 1e30]]),  # ... or crash
+        dict(box, segmentation=None),  # TypeError inside COCOeval
+        dict(box, segmentation={"size": [height, 3], "counts": "PP0"}),
+        dict(box, segmentation={"size": [height, width], "counts": [7]}),  # pycocotools: uninitialised memory
+        dict(box, segmentation=[[5, 5, 15, 5, 15, 15]], iscrowd="yes"),
+        dict({k: v for k, v in box.items() if k != "bbox"}, segmentation=[[5, 5, 15, 5, 15, 15]]),
+        dict(box, segmentation=[[5, 5, 15, 5, 15, 15]], image_id=10**6),
+        dict(box, segmentation=[[5, 5, 15, 5, 15, 15]], image_id=777),  # an image without a size
+    ]
+    ids = list(range(10**5, 10**5 + len(bad)))
+    dirty = dict(clean, images=clean["images"] + [{"id": 777, "file_name": "absent.jpg"}],
+                 annotations=clean["annotations"] + [dict(a, id=i) for a, i in zip(bad, ids, strict=True)])
+    dirty_path = tmp_path / "dirty.json"
+    dirty_path.write_text(json.dumps(dirty))
+    expected, quiet, _ = _evaluate(small_val / "annotations" / "instances_val.json", small_val / "val", clean)
+    metrics, printed, predictor = _evaluate(dirty_path, small_val / "val", dirty)
+
+    assert quiet == "" and expected["ground_truth_skipped"]["annotations"]["counts"] == {}
+    dropped = metrics["ground_truth_skipped"]
+    assert dropped["annotations"]["counts"] == {
+        "far_outside_image": 2, "bad_segmentation": 1, "rle_size_mismatch": 1, "rle_counts_sum_mismatch": 1,
+        "bad_iscrowd": 1, "bad_bbox": 1, "unknown_image": 1, "image_skipped": 1,
+    }
+    assert dropped["annotations"]["examples"]["far_outside_image"] == ids[:2]
+    assert dropped["images"] == {"counts": {"missing_size": 1}, "examples": {"missing_size": [777]}}
+    assert "far_outside_image: 2" in printed and "missing_size: 1" in printed
+    assert json.loads(json.dumps(metrics))["ground_truth_skipped"] == dropped  # goes into metrics.json as is
+    assert predictor.asked == sorted(image["id"] for image in clean["images"])  # 777 never ran
+    for key in ("segm", "bbox", "per_category", "gt_instances", "num_images", "num_detections"):
+        assert metrics[key] == expected[key], key
+    assert expected["bbox"]["AP"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("flag, value", [("--max-images", "-1"), ("--max-images", "0"), ("--batch-size", "0"),
+                                         ("--batch-size", "-3"), ("--top-categories", "-1")])
+def test_evaluate_rejects_non_positive_counts_naming_the_flag(flag, value, capsys):
+    from polarmask_tf.cli import evaluate as evaluate_command
+
+    argv = ["--model-dir", "m", "--annotations", "a.json", "--images-dir", "i", flag, value]
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate_command.main(argv)
+    assert exit_info.value.code == 2
+    assert f"argument {flag}: must be at least" in capsys.readouterr().err

@@ -32,7 +32,7 @@ def coco_file(tmp_path_factory):
         (1, [[10, 10, 20, 20, 30, 30]]),  # collinear: zero area
         (1, [[10, 10, 20, float("nan"), 30, 10]]),  # NaN
         (1, {"size": [50, 50], "counts": "PP0"}),  # RLE of the wrong size
-        (1, [[500, 500, 600, 500, 600, 600]]),  # entirely outside the image
+        (1, [[150, 150, 250, 150, 250, 250]]),  # entirely outside the image (near enough to rasterise)
         (1, _rle(np.pad(np.ones((1, 1)), ((40, 59), (40, 59))))),  # one pixel: contour of 1 point
         (1, _rle(np.pad(np.ones((1, 9)), ((40, 59), (40, 51))))),  # one-pixel line: zero-area contour
         (2, "not a segmentation"),
@@ -123,6 +123,50 @@ def test_cli_rejects_files_that_are_not_coco(tmp_path, capsys):
     assert "not valid JSON" in capsys.readouterr().err
     assert upper_bound_command.main(["--annotations", str(path), "--method", "reference", "--num-rays", "7"]) == 2
     assert "--method reference needs ray counts that divide 360" in capsys.readouterr().err
+
+
+def test_ground_truth_pycocotools_cannot_rasterise_is_skipped_before_it_sees_it(tmp_path):
+    square = spec_mask("square")
+    good = _polygon(square)
+    segmentations = [
+        (good, 0),
+        (good, "0"),  # a string flag: not a crowd, measured
+        (good + [[10, 10, 1e12, 10, 30, 30]], 0),  # the far part is dropped, the square measured
+        ([[10, 10, 1e12, 10, 30, 30]], 0),  # pycocotools would allocate 20+ GB
+        ([[10, 10, 30, 1e30, 30, 30]], 0),
+        (None, 0),  # segmentation: null
+        ({"size": [100, 100], "counts": [5]}, 0),  # uncompressed, short: pycocotools reads garbage
+        ({"size": [100, 100], "counts": "0\x7f"}, 0),  # not RLE characters
+        ({"size": "100x100", "counts": "PP0"}, 0),
+        (good, "yes"),
+    ]
+    data = {
+        "images": [{"id": 1, "width": 100, "height": 100}],
+        "annotations": [{"id": i + 1, "image_id": 1, "category_id": 1, "segmentation": seg, "iscrowd": crowd}
+                        for i, (seg, crowd) in enumerate(segmentations)],
+        "categories": [{"id": 1, "name": "thing"}],
+    }
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps(data))
+    report = upper_bound.run(str(path), [36], ["exact"], ["mass"], stream=open("/dev/null", "w"))
+    assert report["skipped"] == {"far_outside_image": 2, "bad_segmentation": 1, "rle_counts_sum_mismatch": 1,
+                                 "bad_rle_counts": 1, "bad_rle_size": 1, "bad_iscrowd": 1}
+    assert report["skipped_examples"]["far_outside_image"] == [4, 5]
+    assert report["dropped_parts"] == {"far_outside_image": 1}
+    assert report["results"][0]["instances"] == 3
+    assert "far_outside_image: 2" in upper_bound.format_table(report)
+    assert "left out of measured instances: far_outside_image: 1" in upper_bound.format_table(report)
+    single = upper_bound.instance_ious(geometry.coco_segmentation_to_mask(good, 100, 100).astype(bool), [36],
+                                       ["exact"], ["mass"])[("exact", "mass", 36)]
+    assert report["results"][0]["mean_iou"] == pytest.approx(single, abs=1e-9)
+
+
+@pytest.mark.parametrize("argv", [["--max-instances", "0"], ["--max-instances", "-2"], ["--num-rays", "36", "0"]])
+def test_cli_rejects_non_positive_counts_naming_the_flag(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        upper_bound_command.main(["--annotations", "a.json"] + argv)
+    assert exit_info.value.code == 2
+    assert f"argument {argv[0]}: must be at least 1" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -15,11 +15,15 @@ polarmask_tf.evaluation for the frame conversions.
 The config defaults to config.yaml of the model dir. The label map defaults to the model dir's
 labels.json, else to the annotations' categories in category id order (the rule
 polarmask-create-tfrecords uses without --label-map); give --label-map when the model was trained
-with another one. Images that cannot be read are skipped and reported, never fatal. Exit status:
+with another one. The ground truth is checked before the model runs: annotations pycocotools
+cannot rasterise (huge or NaN coordinates, null segmentations, malformed RLEs, bad iscrowd, area or
+bbox) are dropped, printed by reason and kept in metrics.json under "ground_truth_skipped". Images
+that cannot be read are skipped and reported, never fatal. Exit status:
 0 after an evaluation, 1 when no image could be read, 2 for unusable arguments (a checkpoint that
 does not fit the config, a missing checkpoint, an invalid config, annotations or label map).
 """
 
+import argparse
 import json
 import os
 import sys
@@ -34,6 +38,13 @@ def _write_json(data, path):
     os.replace(temporary, path)
 
 
+def _non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
 def build_parser():
     parser = common.parser(__doc__)
     common.add_model_source(parser)
@@ -42,9 +53,11 @@ def build_parser():
     parser.add_argument("--images-dir", required=True, help="directory the json's file names are relative to")
     common.add_label_map(parser)
     parser.add_argument("--output-dir", help="write results.json and metrics.json here")
-    parser.add_argument("--max-images", type=int, default=None, help="evaluate the first N images (by id) only")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--top-categories", type=int, default=20, help="per-category rows printed (0: all)")
+    parser.add_argument("--max-images", type=common.positive_int, default=None,
+                        help="evaluate the first N images (by id) only")
+    parser.add_argument("--batch-size", type=common.positive_int, default=8)
+    parser.add_argument("--top-categories", type=_non_negative_int, default=20,
+                        help="per-category rows printed (0: all)")
     return parser
 
 
@@ -57,7 +70,7 @@ def evaluate(args, stream):
     labels = args.label_map or inference.beside_checkpoint(source, inference.LABELS_FILE)
     label_map = coco.read_label_map(labels) if labels else None
     evaluator = evaluation.Evaluator(config, args.annotations, args.images_dir, label_map, args.max_images,
-                                     args.batch_size)
+                                     args.batch_size, report_stream=stream)
     model = inference.load_model(config, source)
 
     metrics, results = evaluator.evaluate(model, stream=sys.stderr)

@@ -36,6 +36,7 @@ def prepare_data(config, stream=sys.stdout):
                 os.path.join(root, "annotations", f"instances_{split}.json"), os.path.join(root, split),
                 os.path.join(records, split), num_shards=2, skip_empty=split == "train", progress_stream=stream,
                 label_map_path=os.path.join(records, "train-labels.json") if split != "train" else None,
+                overwrite=True,  # no shard of this split exists: at most a report of an empty earlier run
             )
             print(f"{split}: {report['images']['written']} images in {records}", file=stream)
     return records

@@ -19,13 +19,14 @@ from polarmask_tf.cli import common
 def build_parser():
     parser = common.parser(__doc__)
     parser.add_argument("--annotations", required=True, help="COCO instances json")
-    parser.add_argument("--num-rays", type=int, nargs="+", default=[18, 36, 72])
+    parser.add_argument("--num-rays", type=common.positive_int, nargs="+", default=[18, 36, 72])
     parser.add_argument("--method", nargs="+", choices=["exact", "reference"], default=["exact", "reference"])
     parser.add_argument("--center", nargs="+", choices=["mass", "box"], default=["mass"])
     parser.add_argument("--raster", choices=["center", "reference"], default="center",
                         help="polygon rasterisation: pixel centres inside or on the polygon (default), or the "
                              "original's truncate-and-drawContours rule")
-    parser.add_argument("--max-instances", type=int, default=None, help="measure only the first N annotations")
+    parser.add_argument("--max-instances", type=common.positive_int, default=None,
+                        help="measure only the first N annotations")
     parser.add_argument("--output", default=None, help="report json path")
     parser.add_argument("--plot", default=None, help="PNG path for the IoU-vs-rays plot")
     return parser

@@ -11,16 +11,23 @@ so polygon coordinates are COCO's minus COCO_PIXEL_OFFSET. Vertices are clipped 
 pixel edges, x in [-0.5, width - 0.5] and y in [-0.5, height - 0.5].
 
 What is dropped, and why (each skip is counted by reason in a `Skips`):
-- annotations: "crowd"; "unknown_category"; "bad_area" (missing or not a finite number);
-  "small_area" (COCO area < min_area); "bad_segmentation" (malformed); "fewer_than_3_points";
-  "non_finite" (NaN/inf); "zero_size_box" (zero width or height after clipping, e.g. entirely
-  outside the image); "zero_area" (|signed shoelace area| <= MIN_PART_AREA); the RLE reasons of
-  geometry.coco_segmentation_to_polygons ("rle_size_mismatch", "empty_mask"); "image_skipped"
-  (its image was skipped). A multi-part annotation is dropped only when none of its parts is
+- annotations: "bad_iscrowd" (iscrowd other than 0, 1, false, true, "0", "1"); "crowd";
+  "unknown_category"; "bad_area" (missing or not a finite number); "small_area" (COCO area <
+  min_area); "bad_segmentation" (malformed or null); "fewer_than_3_points"; "non_finite" (NaN/inf);
+  "far_outside_image" (a vertex more than OUTSIDE_IMAGE_LIMIT image sizes outside the image, e.g.
+  1e12: pycocotools would allocate gigabytes to rasterise it); "zero_size_box" (zero width or
+  height after clipping, e.g. entirely outside the image); "zero_area" (|signed shoelace area| <=
+  MIN_PART_AREA); the RLE reasons of geometry.check_rle ("bad_rle_size", "rle_size_mismatch",
+  "bad_rle_counts", "rle_counts_sum_mismatch") and "empty_mask"; "image_skipped" (its image was
+  skipped). A multi-part annotation is dropped only when none of its parts is
   valid, with the reason of its first invalid part; otherwise the invalid parts alone are dropped
   and counted in `Skips.parts`.
 - images: "missing_image", "unreadable_image", "corrupt_image", "undecodable_image",
   "size_mismatch" (the file's size differs from the json's: its annotations would be misplaced).
+
+The segmentation checks are `check_segmentation` (with `parse_iscrowd`), shared by the TFRecord
+conversion, evaluation (`load_ground_truth`, which also needs a finite area and bbox and a sized
+image) and the upper-bound tool, so that nothing pycocotools cannot rasterise reaches it.
 
 Self-intersecting polygons (a bow-tie) are kept as given: ray casting takes the farthest boundary
 crossing, which is defined for any closed polygon. Their shoelace area is the difference of the
@@ -53,6 +60,10 @@ COCO_PIXEL_OFFSET = 0.5
 
 DEFAULT_MIN_AREA = 16.0
 """Annotations with a COCO area below this many px^2 are dropped (the original drops area <= 15)."""
+
+OUTSIDE_IMAGE_LIMIT = 4.0
+"""Polygon vertices may lie at most this many times max(height, width) outside the image
+("far_outside_image" beyond): bounds what pycocotools allocates to rasterise a polygon."""
 
 MIN_PART_AREA = 1e-6
 """Polygon parts with |signed area| at or below this many px^2 are degenerate ("zero_area")."""
@@ -200,6 +211,79 @@ def load_coco(path):
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco
+
+
+def check_ground_truth(data):
+    """A copy of a COCO instances dict (read_instances_json) that pycocotools can index and
+    evaluate without crashing, and the Skips of what was left out.
+
+    Images without an int "height" and "width" ("missing_size": pycocotools needs them to
+    rasterise) are dropped with their annotations ("image_skipped"). Annotations are dropped for
+    "unknown_image", "bad_iscrowd", "bad_area", "bad_bbox" (not 4 finite numbers with non-negative
+    width and height) and the reasons of check_segmentation; polygon parts check_segmentation
+    rejects are removed from annotations that keep a valid part (counted in `parts`). Kept
+    annotations get iscrowd as int 0/1. Crowd annotations are kept (COCOeval ignores what they
+    cover). Parts that are merely degenerate (zero area, outside the image) are kept: pycocotools
+    rasterises them to nothing.
+    """
+    skips = Skips()
+    sizes, images = {}, []
+    for image in data["images"]:
+        if _is_int(image.get("height")) and _is_int(image.get("width")):
+            sizes[image["id"]] = (image["height"], image["width"])
+            images.append(image)
+        else:
+            skips.images.add("missing_size", image["id"])
+    known = {image["id"] for image in data["images"]}
+    annotations = []
+    for annotation in data["annotations"]:
+        try:
+            if annotation["image_id"] not in known:
+                raise GeometryError("unknown_image", "image id not in 'images'")
+            if annotation["image_id"] not in sizes:
+                raise GeometryError("image_skipped", "its image was dropped")
+            iscrowd = parse_iscrowd(annotation.get("iscrowd", 0))
+            area = _finite_number(annotation.get("area"))
+            if area is None:
+                raise GeometryError("bad_area", f"area {annotation.get('area')!r:.40} is not a finite number")
+            bbox = annotation.get("bbox")
+            bbox = [_finite_number(v) for v in bbox] if isinstance(bbox, (list, tuple)) and len(bbox) == 4 else None
+            if bbox is None or None in bbox or bbox[2] < 0 or bbox[3] < 0:
+                raise GeometryError("bad_bbox", f"bbox {annotation.get('bbox')!r:.60} is not [x, y, w, h]")
+            segmentation, parts = check_segmentation(annotation.get("segmentation"), *sizes[annotation["image_id"]])
+        except GeometryError as error:
+            skips.annotations.add(error.reason, annotation["id"])
+            continue
+        for part in parts or ():
+            if isinstance(part, GeometryError):
+                skips.parts.add(part.reason, annotation["id"])
+        annotations.append(dict(annotation, iscrowd=int(iscrowd), area=area, bbox=bbox, segmentation=segmentation))
+    return dict(data, images=images, annotations=annotations), skips
+
+
+def load_ground_truth(path):
+    """(pycocotools COCO, Skips): the instances json at `path` validated (read_instances_json),
+    cleaned by check_ground_truth, and only then indexed, so that pycocotools never sees an
+    annotation it cannot rasterise. Call it before running a model: a bad ground truth fails or
+    is reported before the inference, not after."""
+    data, skips = check_ground_truth(read_instances_json(path))
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco, skips
+
+
+def format_skips(skips, what="annotations"):
+    """One line for the terminal of a Skips of ground truth: images, annotations and parts dropped
+    by reason with example ids ("" when nothing was dropped)."""
+    pieces = []
+    for name, log in (("images", skips.images), (what, skips.annotations), ("polygon parts", skips.parts)):
+        if log.total():
+            reasons = ", ".join(f"{reason}: {n} (e.g. {log.examples[reason]})"
+                                for reason, n in sorted(log.counts.items()))
+            pieces.append(f"{log.total()} {name} ({reasons})")
+    return "; ".join(pieces)
 
 
 # --------------------------------------------------------------------------------------------
@@ -458,7 +542,50 @@ def _finite_number(value):
     return float(value) if math.isfinite(value) else None
 
 
-def _coco_polygon_part(flat, index):
+def parse_iscrowd(value):
+    """COCO's iscrowd flag read strictly: 0, 1, False, True, "0" or "1" -> bool; anything else
+    (2, 0.5, "yes", None, "") raises GeometryError "bad_iscrowd" (a non-empty string such as "0"
+    must not read as true). Callers pass annotation.get("iscrowd", 0): a missing flag is 0."""
+    if isinstance(value, bool):
+        return value
+    if _is_int(value) and value in (0, 1):
+        return value == 1
+    if isinstance(value, str) and value in ("0", "1"):
+        return value == "1"
+    raise GeometryError("bad_iscrowd", f"iscrowd {value!r:.40} is not 0 or 1")
+
+
+def check_segmentation(segmentation, height, width):
+    """The check of a ground-truth segmentation shared by conversion, evaluation and the upper
+    bound, before anything hands it to pycocotools. Returns (segmentation, parts):
+
+    - polygon list: segmentation is the list of its valid parts as given (flat float lists), parts
+      a list over every given part of its float64 [V, 2] vertices in this project's frame, or of
+      the GeometryError rejecting it ("bad_segmentation", "fewer_than_3_points", "non_finite",
+      "far_outside_image").
+    - RLE dict: segmentation as given, checked by geometry.check_rle; parts None.
+    Raises GeometryError when nothing is usable: neither (null, a string, an empty list:
+    "bad_segmentation"), an invalid RLE (its reason), or no valid part (the reason of the first).
+    """
+    if isinstance(segmentation, dict):
+        geometry.check_rle(segmentation, height, width)
+        return segmentation, None
+    if not isinstance(segmentation, (list, tuple)) or not segmentation:
+        raise GeometryError("bad_segmentation",
+                            f"segmentation: expected a polygon list or RLE, got {segmentation!r:.40}")
+    parts, valid = [], []
+    for index, flat in enumerate(segmentation):
+        try:
+            parts.append(_coco_polygon_part(flat, index, height, width))
+            valid.append([float(v) for v in flat])
+        except GeometryError as error:
+            parts.append(error)
+    if not valid:
+        raise parts[0]
+    return valid, parts
+
+
+def _coco_polygon_part(flat, index, height, width):
     """One COCO polygon (flat x0, y0, x1, y1, ...) -> float64 [V, 2] in this project's frame."""
     try:
         coords = np.asarray(flat, dtype=np.float64)
@@ -470,23 +597,21 @@ def _coco_polygon_part(flat, index):
         raise GeometryError("fewer_than_3_points", f"polygon part {index}: {coords.size // 2} vertices")
     if not np.all(np.isfinite(coords)):
         raise GeometryError("non_finite", f"polygon part {index}: NaN or infinite coordinates")
-    return coords.reshape(-1, 2) - COCO_PIXEL_OFFSET
+    coords = coords.reshape(-1, 2)
+    limit = OUTSIDE_IMAGE_LIMIT * max(height, width)
+    low, high = coords.min(axis=0), coords.max(axis=0)
+    if low[0] < -limit or low[1] < -limit or high[0] > width + limit or high[1] > height + limit:
+        raise GeometryError("far_outside_image",
+                            f"polygon part {index}: a vertex more than {limit:g} px outside the image")
+    return coords - COCO_PIXEL_OFFSET
 
 
 def _segmentation_parts(segmentation, height, width):
     """-> list over parts of (float64 [V, 2] in this project's frame, or the GeometryError that
     rejects that part). Raises GeometryError when the whole segmentation is unusable."""
-    if isinstance(segmentation, dict):
+    segmentation, parts = check_segmentation(segmentation, height, width)
+    if parts is None:
         return list(geometry.coco_segmentation_to_polygons(segmentation, height, width))
-    if not isinstance(segmentation, (list, tuple)) or not segmentation:
-        raise GeometryError("bad_segmentation",
-                            f"segmentation: expected a polygon list or RLE, got {segmentation!r:.40}")
-    parts = []
-    for index, flat in enumerate(segmentation):
-        try:
-            parts.append(_coco_polygon_part(flat, index))
-        except GeometryError as error:
-            parts.append(error)
     return parts
 
 
@@ -506,7 +631,7 @@ def _clip_part(part, height, width):
 
 def _candidate(annotation, height, width, label_map, min_area):
     """Per-annotation checks and clipping; raises GeometryError with the reason to drop it."""
-    if annotation.get("iscrowd", 0):
+    if parse_iscrowd(annotation.get("iscrowd", 0)):
         raise GeometryError("crowd", "crowd annotation")
     label = label_map.label_of(annotation["category_id"])
     if label is None:

@@ -12,6 +12,15 @@ What is skipped, re-encoded or clipped, and why: see polarmask_tf.data.coco.
 - A shard is written whole or not at all: every shard is written to `<name>.tmp-<pid>` and moved
   into place only after every image has been processed; on an error or Ctrl-C the temporaries
   are removed and no shard is written. A shard is empty when there are fewer images than shards.
+- An output prefix that already holds an earlier conversion's files (PREFIX-*-of-*.tfrecord for any
+  shard count, PREFIX-labels.json, PREFIX-report.json) is refused with OutputExistsError naming
+  them: a glob over PREFIX-* would read the images of both. With overwrite=True they are replaced:
+  once this conversion has completed, the old files it did not rewrite (shards of another shard
+  count) are deleted; a failed or interrupted run leaves them untouched.
+- The output directory is created; one that is a file or not writable is an OutputPathError
+  naming it, raised before any work.
+- `sigterm_raises` (used by the command) turns SIGTERM into `Terminated`, a KeyboardInterrupt, so
+  that a terminated conversion removes its temporaries like an interrupted one.
 - With num_workers W > 0 the images are converted in W spawned processes (each imports
   TensorFlow, ~3 s, and runs it single-threaded); the main process only writes. 0 converts in the
   main process, which is faster for small datasets or few CPUs (see AUTO_WORKERS_MIN_IMAGES).
@@ -21,6 +30,9 @@ import contextlib
 import json
 import multiprocessing
 import os
+import re
+import signal
+import threading
 import time
 
 import tensorflow as tf
@@ -33,6 +45,82 @@ AUTO_WORKERS_MIN_CPUS = 4
 """num_workers "auto" converts in the main process unless there are at least this many images and
 CPUs. Measured on 2 CPUs: ~270 COCO images/s in the main process (half of it JPEG decoding), while
 starting a worker (it imports TensorFlow) takes ~3 s and 2 workers were no faster than none."""
+
+
+class OutputExistsError(FileExistsError):
+    """The output prefix holds files of an earlier conversion; the message names them."""
+
+
+class OutputPathError(ValueError):
+    """The output prefix cannot be written (its directory is a file or not writable); the message
+    names the path."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised by the handler `sigterm_raises` installs (a KeyboardInterrupt, so every
+    cleanup that runs on Ctrl-C runs)."""
+
+
+@contextlib.contextmanager
+def sigterm_raises():
+    """While active (in the main thread; elsewhere it does nothing), SIGTERM raises Terminated in
+    the main thread. After the first SIGTERM further ones are ignored so that the cleanup
+    (removing temporaries) is not itself interrupted; the previous handler is restored on exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated(f"terminated by signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def existing_outputs(output_prefix):
+    """The files an earlier conversion into `output_prefix` left: its shards of any shard count
+    (PREFIX-<i>-of-<N>.tfrecord, digits only, so PREFIX-extra-... of another prefix is not one),
+    PREFIX-labels.json and PREFIX-report.json; sorted paths."""
+    directory, base = os.path.split(output_prefix)
+    shard = re.compile(re.escape(base) + r"-\d+-of-\d+\.tfrecord")
+    try:
+        names = os.listdir(directory or ".")
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    side_files = {f"{base}-labels.json", f"{base}-report.json"}
+    return sorted(os.path.join(directory, name) for name in names if shard.fullmatch(name) or name in side_files)
+
+
+def prepare_output(output_prefix, overwrite=False):
+    """Creates the output directory and checks it can be written; returns the earlier outputs of
+    the prefix (existing_outputs) to delete after the conversion (overwrite) or raises
+    OutputExistsError naming them (no overwrite); OutputPathError for an unusable path."""
+    if not os.path.basename(output_prefix):
+        raise OutputPathError(f"output prefix {output_prefix!r} names a directory; give a file name prefix "
+                              "such as out/train")
+    directory = os.path.dirname(os.path.abspath(output_prefix))
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise OutputPathError(f"cannot write to {directory}: it (or a parent) is a file, not a directory") from None
+    except PermissionError:
+        raise OutputPathError(f"cannot create the output directory {directory}: permission denied") from None
+    if not os.path.isdir(directory):
+        raise OutputPathError(f"cannot write to {directory}: it is a file, not a directory")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise OutputPathError(f"cannot write to the output directory {directory}: it is not writable")
+    earlier = existing_outputs(output_prefix)
+    if earlier and not overwrite:
+        shown = ", ".join(earlier[:6]) + (f" and {len(earlier) - 6} more" if len(earlier) > 6 else "")
+        raise OutputExistsError(
+            f"output prefix {output_prefix} already holds files of an earlier conversion: {shown}; pass "
+            "--overwrite (overwrite=True) to replace them (a glob over the prefix would read both)"
+        )
+    return earlier
 
 
 def shard_paths(output_prefix, num_shards):
@@ -55,7 +143,10 @@ class ShardWriter:
         self._done = False
         try:
             for temporary in self.temporaries:
-                self._writers.append(tf.io.TFRecordWriter(temporary))
+                try:
+                    self._writers.append(tf.io.TFRecordWriter(temporary))
+                except tf.errors.OpError as error:
+                    raise OSError(f"cannot write {temporary}: {error.message}") from None
         except BaseException:
             self.abort()
             raise
@@ -154,9 +245,13 @@ def _results(converter, tasks, num_workers):
 
 def _write_json(data, path):
     temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "w") as stream:
-        json.dump(data, stream, indent=2)
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "w") as stream:
+            json.dump(data, stream, indent=2)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
 
 
 def resolve_num_workers(num_workers, num_images):
@@ -195,7 +290,7 @@ def _write_shards(converter, tasks, num_workers, output_prefix, num_shards, skip
 
 
 def convert(annotations, images_dir, output_prefix, num_shards, num_workers="auto", min_area=coco.DEFAULT_MIN_AREA,
-            skip_empty=False, progress_stream=None, label_map_path=None):
+            skip_empty=False, progress_stream=None, label_map_path=None, overwrite=False):
     """Converts a COCO instances json and its images into `num_shards` TFRecord shards.
 
     Writes the shards, `{output_prefix}-labels.json` and `{output_prefix}-report.json`; returns the
@@ -205,8 +300,12 @@ def convert(annotations, images_dir, output_prefix, num_shards, num_workers="aut
     label_map_path: reuse this label map (written by an earlier conversion) instead of deriving one
     from the json's categories, so that several jsons (train and val, or merged subsets) share
     labels; annotations of categories outside it are skipped as unknown categories.
+    overwrite: replace an earlier conversion's files of `output_prefix` (see the module docstring);
+    without it they raise OutputExistsError. OutputPathError for an output directory that is a file
+    or not writable. Both are raised before any image is read.
     """
     start = time.monotonic()
+    earlier = prepare_output(output_prefix, overwrite)
     dataset = coco.load_coco(annotations)
     if label_map_path:
         label_map = coco.read_label_map(label_map_path)
@@ -218,8 +317,6 @@ def convert(annotations, images_dir, output_prefix, num_shards, num_workers="aut
     for annotation in dataset.dataset["annotations"]:
         if annotation["image_id"] not in dataset.imgs:
             skips.annotations.add("unknown_image", annotation["id"])
-    os.makedirs(os.path.dirname(os.path.abspath(output_prefix)), exist_ok=True)
-
     converter = ImageConverter(images_dir, label_map, min_area, skip_empty)
     shards, images_written, instances_written = _write_shards(
         converter, tasks, num_workers, output_prefix, num_shards, skips, progress_stream
@@ -250,6 +347,11 @@ def convert(annotations, images_dir, output_prefix, num_shards, num_workers="aut
         "seconds": round(time.monotonic() - start, 3),
     }
     _write_json(report, f"{output_prefix}-report.json")
+    written = {os.path.abspath(path) for path in [*report["shards"], labels_path, f"{output_prefix}-report.json"]
+               if path}
+    for path in earlier:
+        if os.path.abspath(path) not in written and os.path.exists(path):
+            os.remove(path)
     return report
 
 
