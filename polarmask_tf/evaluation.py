@@ -326,8 +326,8 @@ class Evaluator:
 
     def __init__(self, config, annotations, images_dir, label_map=None, max_images=None, batch_size=8,
                  report_stream=sys.stderr):
-        if max_images is not None and max_images < 0:
-            raise ValueError(f"max_images must be positive (or None for all), got {max_images}")
+        if max_images is not None and max_images < 1:
+            raise ValueError(f"max_images must be at least 1 (or None for all), got {max_images}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.config = config

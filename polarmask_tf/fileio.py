@@ -93,9 +93,10 @@ def write_bytes(path, data):
         if not in_place:
             tf.io.gfile.rename(partial, path, overwrite=True)
     except tf.errors.OpError as error:
+        raise OSError(f"cannot write {path}: {error.message}") from error
+    finally:  # also on KeyboardInterrupt / SIGTERM: never leave the partial file behind
         if not in_place and tf.io.gfile.exists(partial):
             tf.io.gfile.remove(partial)
-        raise OSError(f"cannot write {path}: {error.message}") from error
 
 
 def write_text(path, text):

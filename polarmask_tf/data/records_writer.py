@@ -27,7 +27,6 @@ What is skipped, re-encoded or clipped, and why: see polarmask_tf.data.coco.
 """
 
 import contextlib
-import json
 import multiprocessing
 import os
 import re
@@ -37,6 +36,7 @@ import time
 
 import tensorflow as tf
 
+from polarmask_tf import fileio
 from polarmask_tf.data import coco, tfrecord
 from polarmask_tf.progress import ProgressBar
 
@@ -243,17 +243,6 @@ def _results(converter, tasks, num_workers):
         yield from pool.imap(_convert_in_worker, tasks, chunksize=chunksize)
 
 
-def _write_json(data, path):
-    temporary = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(temporary, "w") as stream:
-            json.dump(data, stream, indent=2)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
 def resolve_num_workers(num_workers, num_images):
     """"auto" -> min(CPUs - 1, 8) workers for at least AUTO_WORKERS_MIN_IMAGES images on at least
     AUTO_WORKERS_MIN_CPUS CPUs, else 0 (the main process); ints pass through."""
@@ -346,7 +335,7 @@ def convert(annotations, images_dir, output_prefix, num_shards, num_workers="aut
         "reencoded_images": skips.reencoded.to_dict(),
         "seconds": round(time.monotonic() - start, 3),
     }
-    _write_json(report, f"{output_prefix}-report.json")
+    fileio.write_json(f"{output_prefix}-report.json", report, indent=2)
     written = {os.path.abspath(path) for path in [*report["shards"], labels_path, f"{output_prefix}-report.json"]
                if path}
     for path in earlier:
