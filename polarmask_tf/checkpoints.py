@@ -103,6 +103,9 @@ class ModelDirLock:
     O_EXCL only (an object store gives no exclusive create: there the lock is advisory)."""
 
     def __init__(self, model_dir):
+        model_dir = str(model_dir)
+        if model_dir.startswith("file:///"):  # a local directory as a URI: locked like its path
+            model_dir = model_dir[len("file://"):]
         self.path = os.path.join(model_dir, LOCK_FILE)
         self.taken_over = None
 
@@ -119,7 +122,7 @@ class ModelDirLock:
         record = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()})
         for _ in range(2):
             try:
-                descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)  # local: O_EXCL
             except FileExistsError:
                 holder = self._holder()
                 here = holder is not None and holder.get("host") == socket.gethostname()
@@ -136,7 +139,7 @@ class ModelDirLock:
                         f"that training is not running any more, delete {self.path}"
                     ) from None
                 self.taken_over = holder
-                os.remove(self.path)
+                os.remove(self.path)  # local: as above
                 continue
             with os.fdopen(descriptor, "w") as stream:
                 stream.write(record)
@@ -148,7 +151,7 @@ class ModelDirLock:
             return
         holder = self._holder()
         if holder and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
-            os.remove(self.path)
+            os.remove(self.path)  # local: as above
 
     def __enter__(self):
         return self.acquire()

@@ -95,3 +95,8 @@ def test_errors_are_one_line_and_exit_2(tmp_path, capsys):
     assert err.startswith("error: no checkpoint at") and err.count("\n") == 1
     assert evaluate.main(["--annotations", "a.json", "--images-dir", "."]) == 2
     assert "give --model-dir (or --checkpoint)" in capsys.readouterr().err
+    (tmp_path / "taken").write_text("a file")  # refused before any model or data is read
+    assert evaluate.main(["--model-dir", str(tmp_path / "absent"), "--annotations", "a.json", "--images-dir", ".",
+                          "--output-dir", str(tmp_path / "taken")]) == 2
+    expected = f"error: cannot create the directory {tmp_path / 'taken'}: it or a parent is a file\n"
+    assert capsys.readouterr().err == expected

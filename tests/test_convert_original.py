@@ -412,3 +412,23 @@ def test_fine_tuning_a_converted_model_on_synthetic_classes(r50, tmp_path):
     assert any(p.startswith("head/ray_tower") for p in changed) and any(p.startswith("fpn_") for p in changed)
     assert not [p for p in changed if "conv1_" in p or "conv2_" in p or "_bn/" in p], "frozen layers moved"
     assert (tmp_path / "finetune" / inference.LABELS_FILE).exists()
+
+
+def test_a_conversion_from_and_to_ram_loads_back_with_the_same_weights(r50, monkeypatch, tmp_path):
+    """ram:// stands for a bucket: the .pth read from it, the model dir written to it in place
+    with conversion.json last."""
+    from polarmask_tf import fileio
+
+    _, root, _, model, _ = r50
+    monkeypatch.chdir(tmp_path)
+    bucket = "ram://conversion"
+    fileio.copy(str(root / "polar_768_1x_r50.pth"), f"{bucket}/polar_768_1x_r50.pth")
+    report = convert_original.convert(f"{bucket}/polar_768_1x_r50.pth", f"{bucket}/model", [R50_SIZE],
+                                      stream=io.StringIO())
+    assert report["source"] == f"{bucket}/polar_768_1x_r50.pth"
+    assert fileio.read_json(f"{bucket}/model/conversion.json") == report
+    assert sorted(tf.io.gfile.listdir(bucket)) == ["model", "polar_768_1x_r50.pth"]  # no staging left
+    config = cfg.load_config(f"{bucket}/model/config.yaml")
+    loaded = inference.load_model(config, f"{bucket}/model")
+    assert loop.weights_digest(loaded) == loop.weights_digest(model)
+    assert not any(name.startswith(("ram:", "gs:")) for name in os.listdir(tmp_path))

@@ -126,6 +126,24 @@ def test_scratch_dirs_are_fresh_private_and_follow_no_planted_link(tmp_path):
         assert os.path.basename(path).startswith("polarmask-worker-0-") and not os.path.islink(path)
         assert os.stat(path).st_mode & 0o777 == 0o700
     assert not os.listdir(target)
+    assert os.path.dirname(distribute.scratch_dir(one, tmp_path.as_uri())) == str(tmp_path)  # file:// root
+    with pytest.raises(ValueError, match="must be a local directory"):
+        distribute.scratch_dir(one, "gs://bucket/scratch")
+
+
+def test_a_file_uri_model_dir_is_locked_like_its_path(tmp_path):
+    """A file:// model dir (as in the two-worker test below) is local disk: the chief's lock
+    (O_EXCL on MODEL_DIR/.training.lock) applies as it does to the plain path."""
+    from polarmask_tf import checkpoints
+
+    lock = tmp_path / checkpoints.LOCK_FILE
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid(), "started": 0}))  # a live holder
+    with pytest.raises(checkpoints.ModelDirLocked, match="is being trained by process"):
+        checkpoints.ModelDirLock(tmp_path.as_uri()).acquire()
+    lock.unlink()
+    with checkpoints.ModelDirLock(tmp_path.as_uri()):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert not lock.exists()
 
 
 def test_mirrored_over_two_cpus_equals_one_device(records, tmp_path):
@@ -174,14 +192,19 @@ def test_mirrored_over_two_cpus_equals_one_device(records, tmp_path):
 
 
 def test_two_workers_on_loopback_train_to_identical_weights_and_only_the_chief_writes(records, tmp_path):
+    """The model dir is given as a file:// URI, the form of a bucket path (gs://...): it goes through
+    tf.io.gfile like one, while the files land on local disk where the test can look at them. (The
+    SIGTERM test below gives the plain path.)"""
     model_dir, scratch = tmp_path / "run", tmp_path / "scratch"
-    processes, logs = _start(_worker_commands(records, model_dir, scratch, "train.total_steps=5"), tmp_path, "w")
+    uri = model_dir.as_uri()  # file:///tmp/.../run
+    processes, logs = _start(_worker_commands(records, uri, scratch, "train.total_steps=5"), tmp_path, "w")
     codes, outputs = _finish(processes, logs)
     assert codes == [0, 0], outputs
     digests = [line.rsplit("weights ", 1)[1]
                for out in outputs for line in out.splitlines() if line.startswith("done:")]
     assert len(digests) == 2 and digests[0] == digests[1]
     assert "2 replicas, 2 images each; chief" in outputs[0] and "worker 1" in outputs[1]
+    assert f"checkpoint {uri}/checkpoints/ckpt-5," in outputs[0]  # the URI is what the workers were given
     assert sorted(os.listdir(model_dir)) == ["checkpoints", "config.yaml", "labels.json", "train"]
     assert tf.train.latest_checkpoint(str(model_dir / "checkpoints")).endswith("ckpt-5")
     assert len(tf.io.gfile.glob(str(model_dir / "train" / "events.out.tfevents.*"))) == 1

@@ -8,11 +8,12 @@ Sends one predict request with all images to the serving_default signature
 (polarmask_tf.serving.client): REST with --url, gRPC PredictionService.Predict with --grpc (needs
 grpcio and tensorflow-serving-api, see docs/serving.md). Prints each image's detections and, with
 --output (one image) or --output-dir (several), draws them (drawing imports polarmask_tf.visualize,
-and with it TensorFlow).
+and with it TensorFlow). Images, overlays and the json may be local paths or URIs (gs://, s3://,
+hdfs://): overlays, the json and images on URIs go through polarmask_tf.fileio (and import
+TensorFlow); local images are read directly, so a REST request alone needs no TensorFlow.
 Exit status 1 when an image cannot be read or the server answers with an error.
 """
 
-import json
 import os
 import sys
 
@@ -36,17 +37,35 @@ def build_parser():
     return parser
 
 
+def _read_image(path):
+    """The bytes of the image file `path`: a URI through polarmask_tf.fileio (which imports
+    TensorFlow), a local path directly, so the REST client needs no TensorFlow. OSError naming
+    the path when it cannot be read."""
+    if "://" in path:
+        from polarmask_tf import fileio
+
+        return fileio.read_bytes(path)
+    try:
+        with open(path, "rb") as file:  # local: a local path the user gave (URIs take the branch above)
+            return file.read()
+    except OSError as error:
+        raise OSError(f"cannot read {path}: {error.strerror}") from None
+
+
 def _draw(encoded, found, path, score_threshold):
+    """Draws the detections over the image and writes it as PNG to `path` (local or URI)."""
     import cv2
     import numpy as np
 
-    from polarmask_tf import visualize
+    from polarmask_tf import fileio, visualize
 
     image = cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_COLOR)
     names = {int(c): name for c, name in zip(found["classes"], found["class_names"], strict=True)}
     drawn = visualize.draw_detections(image[..., ::-1], found, names, score_threshold=score_threshold)
-    if not cv2.imwrite(path, drawn[..., ::-1]):
-        raise OSError(f"cannot write {path}")
+    ok, png = cv2.imencode(".png", np.ascontiguousarray(drawn[..., ::-1]))
+    if not ok:
+        raise OSError(f"OpenCV cannot encode the overlay for {path}")
+    fileio.write_bytes(path, png.tobytes())
 
 
 def request(args, stream):
@@ -57,12 +76,9 @@ def request(args, stream):
     if args.output and len(args.image) > 1:
         raise common.UsageError("--output takes one --image; use --output-dir for several")
     try:
-        encoded = []
-        for path in args.image:
-            with open(path, "rb") as file:
-                encoded.append(file.read())
+        encoded = [_read_image(path) for path in args.image]
     except OSError as error:
-        print(f"error: cannot read {error.filename}: {error.strerror}", file=sys.stderr)
+        print(f"error: {error}", file=sys.stderr)
         return 1
     try:
         if args.grpc:
@@ -84,14 +100,15 @@ def request(args, stream):
             if args.output_dir else None
         )
         if target:
-            os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
-            _draw(data, found, target, args.score_threshold)
+            _draw(data, found, target, args.score_threshold)  # fileio.write_bytes makes the directory
             print(f"  overlay: {target}", file=stream)
     if args.json:
-        with open(args.json, "w") as file:
-            json.dump([{key: (value.tolist() if isinstance(value, np.ndarray) else value)
-                        for key, value in found.items()}
-                       | {"image": path} for path, found in zip(args.image, results, strict=True)], file)
+        from polarmask_tf import fileio
+
+        fileio.write_json(args.json, [{key: (value.tolist() if isinstance(value, np.ndarray) else value)
+                                       for key, value in found.items()}
+                                      | {"image": path} for path, found in zip(args.image, results, strict=True)],
+                          indent=None)
         print(f"detections: {args.json}", file=stream)
     return 0
 

@@ -17,7 +17,9 @@ The same names mean the same thing everywhere:
   --label-map FILE    a labels json (category ids and names; default: the model dir's labels.json);
   --score-threshold T detections below T are not drawn or written.
 Exit status: 0 done, 1 nothing to do (no readable input), 2 an unusable argument, file or
-config (the message says which), 130 interrupted.
+config (the message says which), 3 a multi-worker training that lost a worker (polarmask-train:
+restart every worker), 130 interrupted.
+Every path may be local or a URI tf.io.gfile knows (gs://, hdfs://, s3:// with tensorflow-io).
 """
 
 import argparse

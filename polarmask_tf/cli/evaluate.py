@@ -24,18 +24,10 @@ does not fit the config, a missing checkpoint, an invalid config, annotations or
 """
 
 import argparse
-import json
 import os
 import sys
 
 from polarmask_tf.cli import common
-
-
-def _write_json(data, path):
-    temporary = path + ".tmp"
-    with open(temporary, "w") as stream:
-        json.dump(data, stream)
-    os.replace(temporary, path)
 
 
 def _non_negative_int(text):
@@ -62,9 +54,11 @@ def build_parser():
 
 
 def evaluate(args, stream):
-    from polarmask_tf import evaluation, inference
+    from polarmask_tf import evaluation, fileio, inference
     from polarmask_tf.data import coco
 
+    if args.output_dir:
+        fileio.makedirs(args.output_dir)  # before the model runs: a path that is a file fails now
     config = common.load_model_config(args)
     source = common.model_source(args)
     labels = args.label_map or inference.beside_checkpoint(source, inference.LABELS_FILE)
@@ -87,12 +81,11 @@ def evaluate(args, stream):
     print(evaluation.per_category_table(metrics, top=args.top_categories or None), file=stream)
     print(f"{metrics['seconds_per_image'] * 1000:.0f} ms per image (reading, inference, rasterisation)", file=stream)
     if args.output_dir:
-        os.makedirs(args.output_dir, exist_ok=True)
         metrics.update(checkpoint=inference.find_checkpoint(source),
-                       config=os.path.abspath(inference.checkpoint_config_path(source, args.config)),
-                       annotations=os.path.abspath(args.annotations))
-        _write_json(results, os.path.join(args.output_dir, "results.json"))
-        _write_json(metrics, os.path.join(args.output_dir, "metrics.json"))
+                       config=fileio.absolute(inference.checkpoint_config_path(source, args.config)),
+                       annotations=fileio.absolute(args.annotations))
+        fileio.write_json(os.path.join(args.output_dir, "results.json"), results, indent=None)
+        fileio.write_json(os.path.join(args.output_dir, "metrics.json"), metrics, indent=None)
         print(f"results: {os.path.join(args.output_dir, 'results.json')}; "
               f"metrics: {os.path.join(args.output_dir, 'metrics.json')}", file=stream)
     return 0

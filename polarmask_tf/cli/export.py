@@ -8,7 +8,9 @@ example models.config and batching_parameters.txt in EXPORT_DIR. The signatures,
 padding rules are documented in polarmask_tf/serving/export.py; docs/serving.md shows the docker
 command. The config defaults to config.yaml of the model dir; category ids and names come from
 --label-map, else the model dir's labels.json, else the labels json beside the config's training
-shards. `python export_saved_model.py` is the same command.
+shards. `python export_saved_model.py` is the same command. --export-dir, --model-dir,
+--checkpoint, --config and --label-map may be URIs (gs://, s3://, hdfs://): on a URI the version
+is published by a copy with saved_model.pb last (see polarmask_tf/serving/export.py).
 """
 
 import os
@@ -22,7 +24,7 @@ def build_parser():
     parser = common.parser(__doc__)
     common.add_model_source(parser)
     parser.add_argument("--export-dir", required=True,
-                        help="TF Serving model base path; the version goes in a subdirectory")
+                        help="TF Serving model base path, local or a URI (gs://...); the version goes in a subdir")
     parser.add_argument("--version", type=int, help="version number (default: 1 + the largest existing one)")
     common.add_config(parser)
     parser.add_argument("--max-detections", type=int,

@@ -51,16 +51,16 @@ def expand_inputs(patterns):
                 if path not in files and path not in others:
                     (others if tf.io.gfile.isdir(path) else files).append(path)
             continue
-        if os.path.isdir(pattern):
-            found = sorted(os.path.join(pattern, name) for name in os.listdir(pattern))
-        elif os.path.lexists(pattern):
+        if os.path.isdir(pattern):  # local: the branch for local paths (FIFOs, links: see above)
+            found = sorted(os.path.join(pattern, name) for name in os.listdir(pattern))  # local: as above
+        elif os.path.lexists(pattern):  # local: as above
             found = [pattern]
         else:
-            found = sorted(glob.glob(pattern))
+            found = sorted(glob.glob(pattern))  # local: as above
         for path in found:
             if path in files or path in others:
                 continue
-            (files if os.path.isfile(path) else others).append(path)
+            (files if os.path.isfile(path) else others).append(path)  # local: as above
     return files, others
 
 

@@ -75,9 +75,9 @@ def convert(checkpoint_path, output_dir, overrides=(), ray_order="auto", stream=
     (nothing written) for a file or setting that cannot be converted, FileExistsError for a
     non-empty output_dir.
 
-    The model dir appears whole: it is written under a staging name and renamed into place, except
-    on object stores (gs://, s3://: no rename), where it is written in place with conversion.json
-    last, the file whose presence says the conversion finished."""
+    A local model dir appears whole: it is written under a staging name and renamed into place. A
+    URI (gs://, s3://, hdfs://...: object stores have no directory rename) is written in place with
+    conversion.json last, the file whose presence says the conversion finished."""
     import tensorflow as tf
 
     from polarmask_tf import fileio
@@ -111,7 +111,7 @@ def convert(checkpoint_path, output_dir, overrides=(), ray_order="auto", stream=
         variable.assign(value)
     check = check_ray_order(config, model, order, verify_image, ray_order != "auto") if verify_image else None
 
-    in_place = output_dir.startswith(fileio.OBJECT_STORES)
+    in_place = fileio.is_remote(output_dir)
     staging = output_dir if in_place else f"{output_dir.rstrip('/')}.converting-{os.getpid()}"
     if not in_place and tf.io.gfile.exists(staging):
         tf.io.gfile.rmtree(staging)  # left by an earlier conversion of this process id that died

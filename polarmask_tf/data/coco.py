@@ -52,7 +52,7 @@ import numpy as np
 import tensorflow as tf
 from pycocotools.coco import COCO
 
-from polarmask_tf import geometry
+from polarmask_tf import fileio, geometry
 from polarmask_tf.geometry import GeometryError
 
 COCO_PIXEL_OFFSET = 0.5
@@ -148,8 +148,7 @@ def read_instances_json(path):
     and category ids are unique. These are what pycocotools indexes by and the TFRecords store.
     OSError (missing or unreadable file) propagates.
     """
-    with open(path, "rb") as stream:
-        raw = stream.read()
+    raw = fileio.read_bytes(path)
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -345,19 +344,13 @@ class LabelMap:
 
 
 def write_label_map(label_map, path):
-    """Writes the label map as JSON (see LabelMap.to_dict)."""
-    with open(path, "w") as stream:
-        json.dump(label_map.to_dict(), stream, indent=2)
+    """Writes the label map as JSON (see LabelMap.to_dict), atomically (fileio.write_json)."""
+    fileio.write_json(path, label_map.to_dict(), indent=2)
 
 
 def read_label_map(path):
-    """Reads a label map written by write_label_map."""
-    with open(path) as stream:
-        try:
-            data = json.load(stream)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path} is not valid JSON: {error}") from None
-    return LabelMap.from_dict(data, source=str(path))
+    """Reads a label map written by write_label_map (local path or URI)."""
+    return LabelMap.from_dict(fileio.read_json(path), source=str(path))
 
 
 _SHARD_SUFFIX = re.compile(r"-[*?\d\[\]]+(-of-[*?\d\[\]]+)?\.tfrecord$")
@@ -387,7 +380,7 @@ def model_label_map(config, path=None):
             raise ValueError(f"{path} has {label_map.num_classes} classes, the model {num_classes}")
         return label_map
     beside = labels_beside_shards(config.data.train_files)
-    if beside is not None and os.path.isfile(beside):
+    if beside is not None and fileio.is_file(beside):
         try:
             label_map = read_label_map(beside)
         except (OSError, ValueError):
@@ -432,12 +425,11 @@ def read_image(path):
     of `prepare_image_bytes`.
     """
     try:
-        with open(path, "rb") as stream:
-            data = stream.read()
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        raise ImageError("missing_image", f"{path}: no such file") from None
-    except OSError as error:
-        raise ImageError("unreadable_image", f"{path}: {error.strerror}") from None
+        data = fileio.read_bytes(path)
+    except OSError as error:  # FileNotFoundError included
+        if isinstance(error, FileNotFoundError) or tf.io.gfile.isdir(path):
+            raise ImageError("missing_image", f"{path}: no such file") from None
+        raise ImageError("unreadable_image", str(error)) from None
     return prepare_image_bytes(data, name=str(path))
 
 

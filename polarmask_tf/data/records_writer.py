@@ -12,6 +12,8 @@ What is skipped, re-encoded or clipped, and why: see polarmask_tf.data.coco.
 - A shard is written whole or not at all: every shard is written to `<name>.tmp-<pid>` and moved
   into place only after every image has been processed; on an error or Ctrl-C the temporaries
   are removed and no shard is written. A shard is empty when there are fewer images than shards.
+  Every path may be a URI (gs://, ram://...: tf.io.gfile). On object stores the move is a
+  server-side copy: each shard appears complete, but the shards appear one after another.
 - An output prefix that already holds an earlier conversion's files (PREFIX-*-of-*.tfrecord for any
   shard count, PREFIX-labels.json, PREFIX-report.json) is refused with OutputExistsError naming
   them: a glob over PREFIX-* would read the images of both. With overwrite=True they are replaced:
@@ -87,10 +89,9 @@ def existing_outputs(output_prefix):
     PREFIX-labels.json and PREFIX-report.json; sorted paths."""
     directory, base = os.path.split(output_prefix)
     shard = re.compile(re.escape(base) + r"-\d+-of-\d+\.tfrecord")
-    try:
-        names = os.listdir(directory or ".")
-    except (FileNotFoundError, NotADirectoryError):
+    if not tf.io.gfile.isdir(directory or "."):
         return []
+    names = [name.rstrip("/") for name in tf.io.gfile.listdir(directory or ".")]
     side_files = {f"{base}-labels.json", f"{base}-report.json"}
     return sorted(os.path.join(directory, name) for name in names if shard.fullmatch(name) or name in side_files)
 
@@ -102,16 +103,16 @@ def prepare_output(output_prefix, overwrite=False):
     if not os.path.basename(output_prefix):
         raise OutputPathError(f"output prefix {output_prefix!r} names a directory; give a file name prefix "
                               "such as out/train")
-    directory = os.path.dirname(os.path.abspath(output_prefix))
+    directory = fileio.parent(fileio.absolute(output_prefix))
     try:
-        os.makedirs(directory, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
+        fileio.makedirs(directory)
+    except NotADirectoryError:
         raise OutputPathError(f"cannot write to {directory}: it (or a parent) is a file, not a directory") from None
     except PermissionError:
         raise OutputPathError(f"cannot create the output directory {directory}: permission denied") from None
-    if not os.path.isdir(directory):
-        raise OutputPathError(f"cannot write to {directory}: it is a file, not a directory")
-    if not os.access(directory, os.W_OK | os.X_OK):
+    except OSError as error:
+        raise OutputPathError(str(error)) from None
+    if not fileio.is_remote(directory) and not os.access(directory, os.W_OK | os.X_OK):
         raise OutputPathError(f"cannot write to the output directory {directory}: it is not writable")
     earlier = existing_outputs(output_prefix)
     if earlier and not overwrite:
@@ -161,7 +162,7 @@ class ShardWriter:
         for writer in self._writers:
             writer.close()
         for temporary, path in zip(self.temporaries, self.paths, strict=True):
-            os.replace(temporary, path)
+            tf.io.gfile.rename(temporary, path, overwrite=True)
         self._done = True
 
     def abort(self):
@@ -172,8 +173,8 @@ class ShardWriter:
             except Exception:  # already failing: removing the temporaries matters more
                 pass
         for temporary in self.temporaries:
-            if os.path.exists(temporary):
-                os.remove(temporary)
+            if tf.io.gfile.exists(temporary):
+                tf.io.gfile.remove(temporary)
         self._done = True
 
     def __enter__(self):
@@ -314,8 +315,8 @@ def convert(annotations, images_dir, output_prefix, num_shards, num_workers="aut
     if labels_path:
         coco.write_label_map(label_map, labels_path)
     report = {
-        "annotations_file": os.path.abspath(annotations),
-        "images_dir": os.path.abspath(images_dir),
+        "annotations_file": fileio.absolute(annotations),
+        "images_dir": fileio.absolute(images_dir),
         "output_prefix": output_prefix,
         "num_shards": num_shards,
         "num_workers": num_workers,
@@ -336,11 +337,11 @@ def convert(annotations, images_dir, output_prefix, num_shards, num_workers="aut
         "seconds": round(time.monotonic() - start, 3),
     }
     fileio.write_json(f"{output_prefix}-report.json", report, indent=2)
-    written = {os.path.abspath(path) for path in [*report["shards"], labels_path, f"{output_prefix}-report.json"]
+    written = {fileio.absolute(path) for path in [*report["shards"], labels_path, f"{output_prefix}-report.json"]
                if path}
     for path in earlier:
-        if os.path.abspath(path) not in written and os.path.exists(path):
-            os.remove(path)
+        if fileio.absolute(path) not in written and tf.io.gfile.exists(path):
+            tf.io.gfile.remove(path)
     return report
 
 

@@ -32,18 +32,56 @@ sign dropped), so a 1 MB PNG claiming 20000 x 20000 pixels is rejected without a
 directly, without a float32 copy at full size.
 Zero images (a batch of 0): every output is empty along the batch axis (num_detections [0],
 detection_boxes [0, K, 4], ...), with the dtypes above; the model does not run.
+
+Publication (export_dir local or a URI: gs://, s3://, hdfs://, ram://; every file goes through
+polarmask_tf.fileio, tf.io.gfile or TensorFlow's own writers). The version is first written
+whole to EXPORT_DIR/.staging-VERSION-<random>/ (SavedModel, assets/categories.tsv,
+assets.extra/tf_serving_warmup_requests) and checked (check_saved_model). Then:
+  local: renamed to EXPORT_DIR/VERSION (atomic on POSIX: a watcher sees no version or all of it);
+  URI:   copied file by file to EXPORT_DIR/VERSION, variables first, saved_model.pb LAST (after
+         the sizes of the other files are checked), and the staging prefix deleted. No rename:
+         object stores have none (tf.io.gfile copies and deletes), and ram:// renames a
+         directory's entry without its files.
+Why this is safe, from tensorflow/serving (commit 9d981c5c):
+  sources/storage_path/file_system_storage_path_source.cc, PollFileSystemForServable: the base
+  path is listed with Env::GetChildren, each child cut at its first '/' (GCS lists every
+  descendant), and every child whose name parses as an integer (ParseVersionNumber,
+  absl::SimpleAtoi) is a version, with no check that its files are complete. ".staging-..."
+  never parses, so the staging prefix is ignored; EXPORT_DIR/VERSION becomes a version as soon as
+  its first object exists.
+  Loading it runs TensorFlow's LoadSavedModel, which fails with NotFound "Could not find
+  SavedModel .pb or .pbtxt at supplied export directory path" while saved_model.pb is missing.
+  core/loader_harness.cc (Load) retries through util/retrier.cc: max_num_load_retries times
+  (default 5, model_servers/server.h, flag --max_num_load_retries), load_retry_interval_micros
+  apart (default 1 minute). Once saved_model.pb exists every other file is already complete, so
+  the next retry loads the whole version. After the last retry the version stays in kError:
+  core/aspired_versions_manager.cc reloads an errored version only with ServerCore's
+  enable_reload_servables_with_error (default false, no model-server flag). So the copy before
+  saved_model.pb must take less than the retry budget (about 5 minutes by default; copies within
+  a bucket are server-side); meanwhile core/availability_preserving_policy.cc keeps the previous
+  version serving.
+Failures: an error or interrupt during the copy deletes what was copied (best effort), so
+EXPORT_DIR/VERSION does not exist or lacks saved_model.pb; the staging directory is deleted in
+every case. overwrite=True on a URI deletes the old version just before the copy: a watcher that
+polls in between sees the version disappear and reappear (with no other version, the model is
+unavailable until the new one loads). On any filesystem a server that never saw the version gone
+keeps the old one in memory: TF Serving does not reload a version number it has loaded, so roll
+out a new model under a new version.
+File modes: chmod to 0755 / 0644 locally only; URIs have no POSIX modes (use the bucket's access
+control).
 """
 
 import os
 import re
-import shutil
 import tempfile
+import uuid
 
 import keras
 import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
 
 from polarmask_tf import config as cfg
-from polarmask_tf import geometry
+from polarmask_tf import fileio, geometry
 from polarmask_tf import postprocess as postprocess_lib
 from polarmask_tf.modeling import preprocessing
 from polarmask_tf.serving import warmup
@@ -80,11 +118,13 @@ def inference_config(config, max_detections=None, score_threshold=None, input_si
 
 
 def write_categories(label_map, path):
-    """The categories asset for a data.coco.LabelMap (tabs and newlines in names become spaces)."""
-    with open(path, "w", encoding="utf-8") as stream:
-        for category in label_map.categories:
-            name = re.sub(r"[\t\r\n]", " ", category.name)
-            stream.write(f"{category.category_id}\t{name}\n")
+    """The categories asset for a data.coco.LabelMap (tabs and newlines in names become spaces),
+    written through fileio (`path` may be a URI)."""
+    lines = []
+    for category in label_map.categories:
+        name = re.sub(r"[\t\r\n]", " ", category.name)
+        lines.append(f"{category.category_id}\t{name}\n")
+    fileio.write_text(path, "".join(lines))
 
 
 def _category_tables(path):
@@ -265,13 +305,16 @@ def build_archive(config, model, categories_path, mask_size=None, max_image_pixe
 
 
 def size_on_disk(path):
-    """Bytes of all files under `path`."""
-    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names)
+    """Bytes of all files under `path` (local or URI: tf.io.gfile.walk and stat)."""
+    return sum(size for _, size in fileio.list_files(path))
 
 
 def next_version(export_dir):
-    """1 + the largest integer version directory under export_dir (1 when there is none)."""
-    versions = [int(name) for name in os.listdir(export_dir) if name.isdigit()] if os.path.isdir(export_dir) else []
+    """1 + the largest integer version directory under export_dir (local or URI; 1 when there is
+    none). Names are listed with tf.io.gfile.listdir (GCS lists directories with a trailing '/')."""
+    export_dir = str(export_dir)
+    names = tf.io.gfile.listdir(export_dir) if tf.io.gfile.isdir(export_dir) else []
+    versions = [int(name.rstrip("/")) for name in names if name.rstrip("/").isdigit()]
     return max(versions, default=0) + 1
 
 
@@ -279,73 +322,144 @@ def write_server_configs(export_dir, model_name, max_batch_size=8):
     """Example TF Serving configs beside the versions: models.config (the model at
     /models/<model_name>, where the README's docker command mounts export_dir) and
     batching_parameters.txt (server-side batching of concurrent requests up to max_batch_size).
-    Returns their paths."""
-    models = os.path.join(export_dir, "models.config")
-    with open(models, "w") as stream:
-        stream.write(
-            "model_config_list {\n"
-            "  config {\n"
-            f'    name: "{model_name}"\n'
-            f'    base_path: "/models/{model_name}"\n'
-            '    model_platform: "tensorflow"\n'
-            "  }\n"
-            "}\n"
-        )
-    batching = os.path.join(export_dir, "batching_parameters.txt")
+    Written through fileio (export_dir may be a URI). Returns their paths."""
+    models = os.path.join(str(export_dir), "models.config")
+    fileio.write_text(models, (
+        "model_config_list {\n"
+        "  config {\n"
+        f'    name: "{model_name}"\n'
+        f'    base_path: "/models/{model_name}"\n'
+        '    model_platform: "tensorflow"\n'
+        "  }\n"
+        "}\n"
+    ))
+    batching = os.path.join(str(export_dir), "batching_parameters.txt")
     sizes = sorted({1, 2, 4, max_batch_size} & set(range(1, max_batch_size + 1)))
-    with open(batching, "w") as stream:
-        stream.write(
-            f"max_batch_size {{ value: {max_batch_size} }}\n"
-            "batch_timeout_micros { value: 5000 }\n"
-            "max_enqueued_batches { value: 64 }\n"
-            "num_batch_threads { value: 2 }\n"
-            + "".join(f"allowed_batch_sizes: {size}\n" for size in sizes)
-        )
+    fileio.write_text(batching, (
+        f"max_batch_size {{ value: {max_batch_size} }}\n"
+        "batch_timeout_micros { value: 5000 }\n"
+        "max_enqueued_batches { value: 64 }\n"
+        "num_batch_threads { value: 2 }\n"
+        + "".join(f"allowed_batch_sizes: {size}\n" for size in sizes)
+    ))
     return models, batching
 
 
 def make_readable(path, dir_mode=0o755, file_mode=0o644):
-    """chmod of `path` and everything under it: directories dir_mode, files file_mode, so a model
-    server running as another user can read an export (tempfile.mkdtemp creates 0700)."""
-    os.chmod(path, dir_mode)
-    for root, dirs, files in os.walk(path):
+    """chmod of the local directory `path` and everything under it: directories dir_mode, files
+    file_mode, so a model server running as another user can read an export (tempfile.mkdtemp
+    creates 0700). Does nothing on a URI: object stores and ram:// have no POSIX modes (access
+    is the bucket's IAM / ACLs)."""
+    path = str(path)
+    if fileio.is_remote(path):
+        return
+    os.chmod(path, dir_mode)  # local: POSIX modes exist only on local files
+    for root, dirs, files in os.walk(path):  # local: as above
         for name in dirs:
-            os.chmod(os.path.join(root, name), dir_mode)
+            os.chmod(os.path.join(root, name), dir_mode)  # local: as above
         for name in files:
-            os.chmod(os.path.join(root, name), file_mode)
+            os.chmod(os.path.join(root, name), file_mode)  # local: as above
+
+
+SAVED_MODEL_FILE = "saved_model.pb"
+"""The file TF Serving's loader needs first; published last on URI filesystems."""
+STAGING_PREFIX = ".staging-"
+"""Staging directories EXPORT_DIR/.staging-<version>-<random>: not integers, so TF Serving ignores them."""
+
+
+def check_saved_model(path):
+    """Raises OSError naming `path` unless it holds a SavedModel with both signatures and its
+    variables index (what a model server needs to load it)."""
+    for name in (SAVED_MODEL_FILE, "variables/variables.index"):
+        if not fileio.is_file(os.path.join(path, name)):
+            raise OSError(f"the SavedModel written to {path} has no {name}")
+    saved_model = saved_model_pb2.SavedModel.FromString(fileio.read_bytes(os.path.join(path, SAVED_MODEL_FILE)))
+    signatures = set(saved_model.meta_graphs[0].signature_def) if saved_model.meta_graphs else set()
+    missing = sorted(set(INPUT_SIGNATURES) - signatures)
+    if missing:
+        raise OSError(f"the SavedModel written to {path} lacks the signatures {', '.join(missing)}")
+
+
+def _remove_quietly(path):
+    try:
+        fileio.remove_tree(path)
+    except OSError:
+        pass  # best effort: the error that got us here matters more
+
+
+def _publish_by_copy(staging, final):
+    """Copies the verified version in `staging` to `final` file by file, saved_model.pb last
+    (through fileio.copy: atomic on every filesystem, see fileio); the other files are checked
+    (names and sizes) before it. On any error, KeyboardInterrupt included, what was copied is
+    deleted again, so `final` lacks saved_model.pb or does not exist."""
+    files = fileio.list_files(staging)
+    rest = [(name, size) for name, size in files if name != SAVED_MODEL_FILE]
+    rest.sort(key=lambda item: (not item[0].startswith("variables/"), item[0]))  # the bulk first
+    made = set()
+    try:
+        for name, _ in rest:
+            target = os.path.join(final, name)
+            if fileio.parent(target) not in made:
+                fileio.makedirs(fileio.parent(target))
+                made.add(fileio.parent(target))
+            tf.io.gfile.copy(os.path.join(staging, name), target, overwrite=True)  # server-side on GCS
+        copied = dict(fileio.list_files(final))
+        for name, size in rest:
+            if copied.get(name) != size:
+                raise OSError(f"copying {os.path.join(staging, name)} to {final} gave {copied.get(name)} bytes, "
+                              f"not {size}")
+        fileio.copy(os.path.join(staging, SAVED_MODEL_FILE), os.path.join(final, SAVED_MODEL_FILE))
+    except BaseException:
+        _remove_quietly(final)
+        raise
 
 
 def export(config, model, label_map, export_dir, version=None, mask_size=None,
            max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS, model_name="polarmask", overwrite=False):
     """Writes EXPORT_DIR/VERSION (TF Serving's layout: a SavedModel with its assets, the
     categories asset and assets.extra/tf_serving_warmup_requests), plus models.config and
-    batching_parameters.txt in EXPORT_DIR. Returns the version directory. Every directory of
-    the version is mode 0755 and every file 0644, whatever the umask, so the model server may run
-    as another user.
+    batching_parameters.txt in EXPORT_DIR. Returns the version directory. EXPORT_DIR may be local
+    or a URI (gs://, s3://, hdfs://, ram://). Locally every directory of the version is mode 0755
+    and every file 0644, whatever the umask, so the model server may run as another user (no modes
+    on URIs).
 
-    The SavedModel is written to a hidden staging directory and renamed into place, so a server
-    watching EXPORT_DIR never sees half a version. version: an int, default next_version().
-    Raises FileExistsError when the version exists and overwrite is false.
+    The version is written to EXPORT_DIR/.staging-VERSION-<random>, checked (check_saved_model)
+    and published so that a server watching EXPORT_DIR never loads half a version: locally by a
+    rename; on a URI by a copy with saved_model.pb last (see "Publication" in the module
+    docstring). The staging directory is deleted in every case. version: an int, default
+    next_version(). Raises FileExistsError when the version exists and overwrite is false; with
+    overwrite the old version is deleted just before the new one is published.
     """
-    os.makedirs(export_dir, exist_ok=True)
+    export_dir = str(export_dir)
+    remote = fileio.is_remote(export_dir)
+    fileio.makedirs(export_dir)
     version = next_version(export_dir) if version is None else int(version)
     final = os.path.join(export_dir, str(version))
-    if os.path.exists(final) and not overwrite:
+    if tf.io.gfile.exists(final) and not overwrite:
         raise FileExistsError(f"{final} exists: pick another --version or pass --overwrite")
-    staging = tempfile.mkdtemp(prefix=f".staging-{version}-", dir=export_dir)
+    if remote:
+        staging = os.path.join(export_dir, f"{STAGING_PREFIX}{version}-{uuid.uuid4().hex[:12]}")
+        fileio.makedirs(staging)
+    else:
+        staging = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{version}-", dir=export_dir)  # local: renamed into place
     try:
-        with tempfile.TemporaryDirectory() as scratch:
+        with tempfile.TemporaryDirectory() as scratch:  # local: the asset's source, copied into the SavedModel
             categories = os.path.join(scratch, CATEGORIES_ASSET)
             write_categories(label_map, categories)
             archive = build_archive(config, model, categories, mask_size, max_image_pixels)
             archive.write_out(staging, verbose=False)
         warmup.write_warmup_requests(os.path.join(staging, *warmup.WARMUP_FILE), model_name)
-        make_readable(staging)
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.rename(staging, final)
+        check_saved_model(staging)
+        if remote:
+            fileio.remove_tree(final)  # overwrite: the old version disappears until the copy is done
+            _publish_by_copy(staging, final)
+        else:
+            make_readable(staging)
+            fileio.remove_tree(final)
+            os.rename(staging, final)  # local: atomic on POSIX, a watcher sees no version or all of it
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        _remove_quietly(staging)
     for path in write_server_configs(export_dir, model_name):
-        os.chmod(path, 0o644)
+        if not remote:
+            os.chmod(path, 0o644)  # local: POSIX modes exist only on local files
     return final

@@ -17,13 +17,13 @@ records written here parse with tensorflow_serving.apis.prediction_log_pb2 (chec
 tensorflow-serving-api 2.21.0).
 """
 
-import os
-
 import cv2
 import numpy as np
 import tensorflow as tf
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from tensorflow.core.framework import tensor_pb2
+
+from polarmask_tf import fileio
 
 WARMUP_FILE = ("assets.extra", "tf_serving_warmup_requests")
 """Where TF Serving looks for warm-up records, relative to a version directory."""
@@ -116,14 +116,16 @@ def sample_images():
 
 
 def write_warmup_requests(path, model_name, signature_name="serving_default", input_name="image_bytes"):
-    """Writes warm-up records to `path`: a request with one image and one with two images of
+    """Writes warm-up records to `path` (local or URI; tf.io.TFRecordWriter, so export writes them
+    straight into its staging directory): a request with one image and one with two images of
     different sizes (the two batch shapes a byte-input signature sees). Returns the record count."""
     jpeg, png = sample_images()
     logs = [
         prediction_log(model_name, signature_name, {input_name: np.array([jpeg], dtype=object)}),
         prediction_log(model_name, signature_name, {input_name: np.array([jpeg, png], dtype=object)}),
     ]
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    path = str(path)
+    fileio.makedirs(fileio.parent(path))
     with tf.io.TFRecordWriter(path) as writer:
         for log in logs:
             writer.write(log.SerializeToString())
@@ -131,7 +133,7 @@ def write_warmup_requests(path, model_name, signature_name="serving_default", in
 
 
 def read_warmup_requests(path):
-    """The PredictionLog records of a warm-up file, parsed."""
+    """The PredictionLog records of a warm-up file (local or URI), parsed."""
     logs = []
     for record in tf.data.TFRecordDataset(path):
         log = PredictionLog()

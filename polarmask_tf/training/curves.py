@@ -5,7 +5,6 @@ command is polarmask-plot-training (cli/plot_training.py).
 """
 
 import collections
-import io
 import os
 
 LOSSES = ("loss/total_loss", "loss/cls_loss", "loss/ray_loss", "loss/box_loss", "loss/centerness_loss")
@@ -52,7 +51,5 @@ def plot(scalars, output, title):
     rate.set_title("learning rate")
     rate.grid(True, alpha=0.3)
     figure.tight_layout()
-    png = io.BytesIO()
-    figure.savefig(png, format="png")
+    fileio.write_figure(output, figure)
     plt.close(figure)
-    fileio.write_bytes(output, png.getvalue())

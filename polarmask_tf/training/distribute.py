@@ -101,9 +101,23 @@ def is_multi_worker(strategy):
 def scratch_dir(strategy, root=None):
     """A new directory for a non-chief worker's writes: ROOT/polarmask-<task>-<id>-<random>, made
     by tempfile.mkdtemp (mode 0700, a fresh name, so nothing planted at a predictable path, such as
-    a symlink in /tmp, is followed). ROOT: the system temp dir by default. The worker deletes it
-    when training ends; it never restores from it (every worker restores from the model dir)."""
+    a symlink in /tmp, is followed). ROOT: the system temp dir by default; a local directory, given
+    as a path or a file:// URI (ValueError for other URIs: the scratch dir is the worker's own
+    disk, e.g. a pod's emptyDir, never shared storage). The worker deletes it when training ends;
+    it never restores from it (every worker restores from the model dir)."""
     task_type, task_id = task(strategy)
+    root = local_dir(root) if root else None
     if root:
-        os.makedirs(root, exist_ok=True)
+        os.makedirs(root, exist_ok=True)  # local: tempfile.mkdtemp below needs a local directory
     return tempfile.mkdtemp(prefix=f"polarmask-{task_type}-{task_id}-", dir=root)
+
+
+def local_dir(path):
+    """`path` as a local path: a file:// URI's path ("file:///data/x" -> "/data/x"), a plain path
+    unchanged. ValueError for any other URI."""
+    path = str(path)
+    if path.startswith("file:///"):
+        return path[len("file://"):]
+    if "://" in path:
+        raise ValueError(f"--scratch-dir must be a local directory (a path or a file:/// URI), got {path!r}")
+    return path

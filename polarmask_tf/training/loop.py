@@ -23,7 +23,7 @@ step and stops with TrainingPreempted; a restart resumes there, no step lost or 
 
 import hashlib
 import os
-import shutil
+import shutil  # local: the non-chief scratch dir only
 import signal
 import time
 
@@ -181,7 +181,7 @@ class Trainer:
             raise
         self._step_fn = None
         self._stop_requested = False
-        self._quiet = None if self.is_chief else open(os.devnull, "w")  # non-chief progress output
+        self._quiet = None if self.is_chief else open(os.devnull, "w")  # local: non-chief progress output
 
     @property
     def step(self):
