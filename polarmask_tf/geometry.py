@@ -8,8 +8,12 @@ Conventions (the paper's, used everywhere in polarmask_tf):
 - A ray that meets no boundary (origin outside the shape) has length MISSING_RAY.
 
 The functions taking polygons and origins are TensorFlow ops (they accept numpy arrays) and are
-vectorised over vertices, rays and origins. `largest_contour`, `rasterize_reference` and the COCO
-conversions use numpy/OpenCV and run eagerly only.
+vectorised over vertices, rays and origins. The mask tracers (`mask_outlines`, `largest_contour`),
+`rasterize_reference` and the COCO conversions use numpy/OpenCV and run eagerly only.
+
+A mask's outline (`mask_outlines`) runs along its pixels' outer edges, so that `rasterize` gives the
+mask back exactly; the contour through its boundary pixels' centres (`largest_contour`, what
+cv2.findContours and the original return) lies half a pixel inside the object.
 """
 
 import cv2
@@ -96,6 +100,13 @@ def polygon_area(polygon):
     return tf.cast(0.5 * tf.reduce_sum(cross, axis=-1), tf.float32)
 
 
+def _shoelace_area(polygon):
+    """polygon_area of one concrete polygon [V, 2] in numpy float64 (no TensorFlow call)."""
+    q = np.asarray(polygon, np.float64)
+    q = q - q[:1]
+    return 0.5 * float(np.sum(q[:, 0] * np.roll(q[:, 1], -1) - np.roll(q[:, 0], -1) * q[:, 1]))
+
+
 def validate_polygon(polygon, name="polygon", require_area=True):
     """Checks a concrete polygon [V, 2]: at least 3 vertices, finite coordinates and (optionally)
     non-zero area. Raises GeometryError naming `name` and the problem; returns float32 numpy [V, 2]."""
@@ -106,7 +117,7 @@ def validate_polygon(polygon, name="polygon", require_area=True):
         raise GeometryError("fewer_than_3_points", f"{name}: {p.shape[0]} vertices, a polygon needs at least 3")
     if not np.all(np.isfinite(p)):
         raise GeometryError("non_finite", f"{name}: NaN or infinite coordinates")
-    if require_area and abs(float(polygon_area(p))) < 1e-9:
+    if require_area and abs(_shoelace_area(p)) < 1e-9:
         raise GeometryError("zero_area", f"{name}: the polygon has zero area")
     return p.astype(np.float32)
 
@@ -273,8 +284,10 @@ def rasterize(polygons, height, width):
     """Fills polygons [..., V, 2] (float pixels) into bool masks [..., height, width].
 
     Rounding rule: pixel (row i, column j) is set when its centre (x=j, y=i) lies inside the
-    polygon or on its boundary (within RASTER_TOLERANCE px). There is no half-pixel bias, and a
-    mask's outer contour (vertices at boundary pixel centres) rasterises back to that mask.
+    polygon or on its boundary (within RASTER_TOLERANCE px). There is no half-pixel bias: a mask's
+    outline along its pixels' edges (`mask_outlines`) passes 0.5 px from every pixel centre and
+    rasterises back to that mask exactly (so does a contour through the boundary pixels' centres,
+    for masks without one-pixel-wide parts, but polygons cut from it lose the boundary pixels).
     The original floored the vertices and drew them with cv2.drawContours, which adds about half
     a pixel up and to the left (a radius-20 circle fills 1295 px there, about 1257 here).
 
@@ -341,9 +354,91 @@ def mask_iou(masks_a, masks_b):
     return tf.where(union > 0, inter / tf.where(union > 0, union, tf.ones_like(union)), tf.zeros_like(union))
 
 
+def mask_outlines(mask):
+    """The boundaries of a 2-D mask along its pixels' outer edges: (parts, holes).
+
+    Pixel (row i, column j) covers [j - 0.5, j + 0.5] x [i - 0.5, i + 0.5], so the outlines have
+    half-integer coordinates and every pixel centre lies 0.5 px or more away from them: inside
+    for the mask's pixels, outside for the others. Hence `rasterize_outlines(parts + holes)` is the
+    mask exactly, and `rasterize(part)` is exactly the pixels of that part with its holes filled.
+
+    parts: the outer outline of every 8-connected part (pixels touching at a corner are one part,
+        whose outline passes twice through that corner), largest area first.
+    holes: the outline of every hole (background enclosed by a part, 4-connected: background
+        pixels touching at a corner are two holes), largest area first. A part inside a hole is
+        a part of its own.
+    Each is float32 [V, 2] (x, y), vertices at the corners only (no two consecutive edges
+    collinear). The shoelace area of a part is its pixel count plus its holes', its area centroid
+    the mean of those pixels' centres. An empty mask gives ([], []).
+
+    Traced with cv2.findContours on a grid of 2H + 1 by 2W + 1 cells (plus a margin) in which pixel
+    (i, j) is the 3 x 3 block of cells centred at (2i + 1, 2j + 1), so that the grid's boundary
+    cells are the pixels' edges and corners; OpenCV's 8-connected tracing cuts concave corners
+    diagonally, and each such step is replaced by the two edges through the corner it skipped.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise GeometryError("bad_shape", f"mask: expected a 2-D array, got shape {mask.shape}")
+    rows = np.flatnonzero((mask != 0).any(axis=1))
+    if rows.size == 0:
+        return [], []
+    cols = np.flatnonzero((mask != 0).any(axis=0))
+    (y0, y1), (x0, x1) = (rows[0], rows[-1] + 1), (cols[0], cols[-1] + 1)
+    crop = mask[y0:y1, x0:x1] != 0
+    # Cell 2 * k + 2 of the grid is pixel k (one margin cell on each side); cell c is at c / 2 - 1.
+    grid = np.zeros((2 * crop.shape[0] + 3, 2 * crop.shape[1] + 3), np.uint8)
+    grid[2:-1:2, 2:-1:2] = crop
+    grid = cv2.dilate(grid, np.ones((3, 3), np.uint8))
+    contours, hierarchy = cv2.findContours(grid, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)[-2:]
+    parts, holes = [], []
+    for contour, (_, _, _, parent) in zip(contours, hierarchy.reshape(-1, 4), strict=True):
+        cells = _pixel_edge_path(contour.reshape(-1, 2).astype(np.int64), grid)
+        outline = (cells / 2.0 - 1.0 + np.array([x0, y0])).astype(np.float32)
+        (holes if parent >= 0 else parts).append(outline)
+    return _largest_first(parts), _largest_first(holes)
+
+
+def _pixel_edge_path(cells, grid):
+    """A closed 8-connected path of grid cells [V, 2] (x, y) -> its corners along 4-connected steps.
+
+    A diagonal step passes between two cells, exactly one of which is set (the grid's blocks never
+    meet diagonally alone); the path is routed through the set one, then collinear vertices dropped.
+    """
+    step = np.roll(cells, -1, axis=0) - cells
+    diagonal = np.flatnonzero((step[:, 0] != 0) & (step[:, 1] != 0))
+    across = cells[diagonal] + step[diagonal] * np.array([1, 0])
+    down = cells[diagonal] + step[diagonal] * np.array([0, 1])
+    corner = np.where((grid[across[:, 1], across[:, 0]] != 0)[:, None], across, down)
+    cells = np.insert(cells, diagonal + 1, corner, axis=0)
+    incoming = cells - np.roll(cells, 1, axis=0)
+    outgoing = np.roll(cells, -1, axis=0) - cells
+    turns = incoming[:, 0] * outgoing[:, 1] - incoming[:, 1] * outgoing[:, 0] != 0
+    return cells[turns]
+
+
+def _largest_first(outlines):
+    """Outlines sorted by decreasing |shoelace area| (stable: ties keep OpenCV's order)."""
+    return sorted(outlines, key=lambda p: abs(_shoelace_area(p)), reverse=True)
+
+
+def rasterize_outlines(outlines, height, width):
+    """The even-odd fill of several outlines (a list of [V_i, 2]): bool [height, width], a pixel set
+    when its centre lies inside or on an odd number of them (`rasterize`'s rule per outline), so
+    that holes cut out of their parts: `rasterize_outlines(parts + holes)` of `mask_outlines` is
+    the mask."""
+    outlines = [np.asarray(p, np.float32) for p in outlines]
+    if not outlines:
+        return np.zeros((int(height), int(width)), bool)
+    longest = max(len(p) for p in outlines)
+    padded = np.stack([np.concatenate([p, np.repeat(p[-1:], longest - len(p), axis=0)]) for p in outlines])
+    filled = rasterize(padded, int(height), int(width)).numpy()
+    return np.logical_xor.reduce(filled, axis=0)
+
+
 def outer_contours(mask):
-    """Outer contours of a 2-D mask, largest area first: list of float32 [V, 2] (x, y) at pixel
-    centres. Works with OpenCV 3 (3 return values) and 4/5 (2 return values)."""
+    """Outer contours of a 2-D mask through its boundary pixels' CENTRES (the original's kind of
+    contour, half a pixel inside the object; `mask_outlines` traces the pixels' edges), largest
+    area first: list of float32 [V, 2] (x, y). Works with OpenCV 3 (3 return values) and 4/5 (2)."""
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise GeometryError("bad_shape", f"mask: expected a 2-D array, got shape {mask.shape}")
@@ -356,7 +451,8 @@ def outer_contours(mask):
 
 
 def largest_contour(mask):
-    """The outer contour of largest area of a 2-D mask, float32 [V, 2] (x, y) at pixel centres.
+    """The outer contour of largest area of a 2-D mask, float32 [V, 2] (x, y) through the
+    boundary pixels' centres (see `outer_contours`).
 
     Raises GeometryError("empty_mask") when the mask has no pixel set. A single pixel or a
     one-pixel-wide line gives a contour with fewer than 3 vertices or zero area; callers that
@@ -481,15 +577,17 @@ def coco_segmentation_to_polygons(segmentation, height, width):
     """COCO segmentation -> polygon parts, a list of float32 [V, 2] (x, y) arrays.
 
     Polygon lists are returned part by part as given (each checked: 3+ vertices, finite, non-zero
-    area). RLE (compressed or uncompressed, its size must equal [height, width], checked by
-    check_rle before pycocotools decodes it) is decoded and traced: its outer contours, largest
-    first. Raises GeometryError with a reason.
+    area), in COCO's frame. RLE (compressed or uncompressed, its size must equal [height, width],
+    checked by check_rle before pycocotools decodes it) is decoded and traced along its pixels'
+    outer edges (`mask_outlines`, in this project's frame): the outer outline of each part, largest
+    first, so that their fill is exactly the mask's pixels with holes filled, as a COCO polygon
+    annotation of the same object would be (polygon parts have no holes). Raises GeometryError
+    with a reason.
     """
     if isinstance(segmentation, dict):
-        parts = outer_contours(coco_mask.decode(_coco_rle(segmentation, height, width)))
-        parts = [p for p in parts if len(p) >= 3 and abs(float(polygon_area(p))) > 0]
+        parts, _ = mask_outlines(coco_mask.decode(_coco_rle(segmentation, height, width)))
         if not parts:
-            raise GeometryError("empty_mask", "RLE segmentation: no contour with 3 or more vertices")
+            raise GeometryError("empty_mask", "RLE segmentation: no pixel is set")
         return parts
     if isinstance(segmentation, (list, tuple)):
         return _coco_polygon_parts(segmentation)
@@ -498,12 +596,14 @@ def coco_segmentation_to_polygons(segmentation, height, width):
 
 def coco_segmentation_to_mask(segmentation, height, width):
     """COCO segmentation (polygon list or RLE) -> uint8 mask [height, width] with COCO's own
-    polygon rasterisation (pycocotools), as COCO evaluation sees it."""
+    polygon rasterisation (pycocotools), as COCO evaluation sees it (annToMask): the polygons'
+    coordinates reach pycocotools as given, in float64 (rounded to float32 they would move boundary
+    pixels of small objects)."""
     if isinstance(segmentation, dict):
         rle = _coco_rle(segmentation, height, width)
     elif isinstance(segmentation, (list, tuple)):
-        parts = _coco_polygon_parts(segmentation)
-        rles = coco_mask.frPyObjects([p.reshape(-1).astype(np.float64).tolist() for p in parts], height, width)
+        _coco_polygon_parts(segmentation)  # the checks
+        rles = coco_mask.frPyObjects([[float(v) for v in flat] for flat in segmentation], height, width)
         rle = coco_mask.merge(rles)
     else:
         raise GeometryError("bad_segmentation", f"segmentation of type {type(segmentation).__name__}")

@@ -155,7 +155,7 @@ def test_ray_reconstructions_score_the_ap_their_upper_bound_ious_imply(val_split
         size = (image["height"], image["width"])
         mask = gt.annToMask(annotation).astype(bool)
         iou = upper_bound.instance_ious(mask, [36], ["exact"], ["mass"])[("exact", "mass", 36)]
-        contour = geometry.validate_polygon(geometry.largest_contour(mask))
+        contour = geometry.mask_outlines(mask)[0][0]
         centre = geometry.mass_center(contour).numpy()[None]
         polygon = geometry.rays_to_polygon(centre, geometry.ray_distances(contour, centre, 36), size).numpy()[0]
         box = np.concatenate([polygon.min(0), polygon.max(0)])

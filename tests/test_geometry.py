@@ -2,11 +2,13 @@
 
 import math
 
+import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from pycocotools import mask as coco_mask
 
 from polarmask_tf import geometry
@@ -279,6 +281,100 @@ def test_a_mask_contour_rasterises_back_to_the_mask(name):
     np.testing.assert_array_equal(filled, mask)
 
 
+def _filled(mask):
+    """The mask with its holes filled: every pixel not 4-connected to the outside through background."""
+    outside = np.pad(~np.asarray(mask, bool), 1, constant_values=True).astype(np.uint8)
+    flood = np.zeros((outside.shape[0] + 2, outside.shape[1] + 2), np.uint8)
+    cv2.floodFill(outside, flood, (0, 0), 2, flags=4)
+    return (outside != 2)[1:-1, 1:-1]
+
+
+@st.composite
+def masks_with_holes_and_parts(draw):
+    """Random pixel masks (noise: single pixels, diagonal contacts, pinholes) or rectangles with
+    rectangular holes and islands inside the holes."""
+    height, width = draw(st.integers(1, 24)), draw(st.integers(1, 24))
+    if draw(st.booleans()):
+        return draw(hnp.arrays(np.bool_, (height, width)))
+    mask = np.zeros((height, width), bool)
+    for value in draw(st.lists(st.booleans(), min_size=1, max_size=6)):
+        y0, x0 = draw(st.integers(0, height - 1)), draw(st.integers(0, width - 1))
+        y1, x1 = draw(st.integers(y0 + 1, height)), draw(st.integers(x0 + 1, width))
+        mask[y0:y1, x0:x1] = value
+    return mask
+
+
+def _fills(polygons, height, width):
+    """rasterize of each polygon [V_i, 2] (padded by repeating the last vertex, one call): bool [K, H, W]."""
+    longest = max(len(p) for p in polygons)
+    padded = np.stack([np.concatenate([p, np.repeat(p[-1:], longest - len(p), axis=0)]) for p in polygons])
+    return geometry.rasterize(padded, height, width).numpy()
+
+
+def _area(polygon):
+    x, y = polygon[:, 0].astype(np.float64), polygon[:, 1].astype(np.float64)
+    return abs(float(np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y))) / 2
+
+
+@settings(max_examples=100, deadline=None)
+@given(mask=masks_with_holes_and_parts())
+def test_pixel_edge_outlines_rasterise_back_to_the_mask(mask):
+    height, width = mask.shape
+    parts, holes = geometry.mask_outlines(mask)
+    # Outlines and holes together are the mask, exactly; each part alone is its pixels with holes filled.
+    np.testing.assert_array_equal(geometry.rasterize_outlines(parts + holes, height, width), mask)
+    if not mask.any():
+        assert parts == holes == []
+        return
+    np.testing.assert_array_equal(_fills(parts, height, width).any(axis=0), _filled(mask))
+    # On the pixels' edges, corners only, and enclosing the pixel count (parts minus holes).
+    for outline in parts + holes:
+        assert np.all(outline * 2 % 2 == 1)
+        step = np.roll(outline, -1, axis=0) - outline
+        assert np.all((step[:, 0] == 0) != (step[:, 1] == 0))
+        assert np.all(step[:, 0] * np.roll(step, 1, axis=0)[:, 1] - step[:, 1] * np.roll(step, 1, axis=0)[:, 0] != 0)
+    assert sum(map(_area, parts)) - sum(map(_area, holes)) == mask.sum()
+    areas = [_area(p) for p in parts]
+    assert areas == sorted(areas, reverse=True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(mask=masks_with_holes_and_parts())
+def test_rle_annotations_become_pixel_edge_outlines(mask):
+    # The conversion's RLE path: parts whose fill is the mask with its holes filled (COCO polygons
+    # cannot hold holes), the largest first, its mass centre the mean of its pixels' centres.
+    # A contour through the boundary pixels' centres loses one-pixel parts and lines and cuts corners.
+    height, width = mask.shape
+    if not mask.any():
+        return
+    rle = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+    parts = geometry.coco_segmentation_to_polygons(rle, height, width)
+    fills = _fills(parts, height, width)
+    np.testing.assert_array_equal(fills.any(axis=0), _filled(mask))
+    rows, cols = np.nonzero(fills[0])
+    np.testing.assert_allclose(geometry.mass_center(parts[0]).numpy(), [cols.mean(), rows.mean()], atol=1e-3)
+
+
+def test_outlines_of_diagonal_contacts_holes_and_islands():
+    mask = np.array([[1, 0, 0, 0, 0, 0, 0, 0],
+                     [0, 1, 0, 1, 1, 1, 1, 1],
+                     [0, 0, 0, 1, 0, 1, 0, 1],
+                     [0, 0, 0, 1, 1, 0, 1, 1],
+                     [0, 0, 0, 1, 1, 1, 1, 1]], bool)
+    parts, holes = geometry.mask_outlines(mask)
+    # The ring and the diagonal pair; in the ring, the background pixels (x, y) = (4, 2) and (6, 2)
+    # touch (5, 3) only at corners: three one-pixel holes.
+    assert len(parts) == 2 and len(holes) == 3
+    assert sorted(map(tuple, parts[1].tolist())) == sorted(
+        [(-0.5, -0.5), (0.5, -0.5), (0.5, 0.5), (1.5, 0.5), (1.5, 1.5), (0.5, 1.5), (0.5, 0.5), (-0.5, 0.5)])
+    assert [_area(h) for h in holes] == [1.0, 1.0, 1.0] and _area(parts[0]) == 20.0
+    np.testing.assert_array_equal(geometry.rasterize_outlines(parts + holes, *mask.shape), mask)
+    # The pixel-centre contour of the diagonal pair is a zero-area segment: its two pixels vanish.
+    contour = geometry.outer_contours(mask)[1]
+    assert abs(float(geometry.polygon_area(contour))) == 0.0
+    assert geometry.mask_outlines(np.zeros((3, 4), bool)) == ([], [])
+
+
 @PROPERTY_SETTINGS
 @given(x0=st.integers(0, 40), y0=st.integers(0, 40), w=st.integers(1, 50), h=st.integers(1, 50),
        dx=st.floats(0.01, 0.49))
@@ -326,10 +422,20 @@ def test_coco_polygons_and_rle_to_parts_and_masks():
     assert mask.shape == (60, 60) and mask[15, 20] == 1 and mask[0, 0] == 0
     rle = coco_mask.encode(np.asfortranarray(mask))
     rle_parts = geometry.coco_segmentation_to_polygons(rle, 60, 60)
-    assert len(rle_parts) == 2 and rle_parts[0].min(axis=0).tolist() == [10, 10]
+    # The RLE's outline runs along its pixels' edges: the rectangle itself, in our frame (COCO - 0.5).
+    assert len(rle_parts) == 2 and sorted(map(tuple, rle_parts[0].tolist())) == sorted(
+        map(tuple, (parts[0] - 0.5).tolist()))
     np.testing.assert_array_equal(geometry.coco_segmentation_to_mask(rle, 60, 60), mask)
     uncompressed = {"size": [60, 60], "counts": [60 * 20 + 5, 10, 60 * 40 - 15]}
     assert geometry.coco_segmentation_to_mask(uncompressed, 60, 60).sum() == 10
+
+
+def test_coco_masks_rasterise_the_coordinates_as_given():
+    # pycocotools decides boundary pixels on the coordinates themselves: rounded to float32 first,
+    # this triangle gained or lost 4 pixels against COCO's own annToMask.
+    flat = [7.7, 9.34, 23.01, 9.85, 15.59, 29.46]
+    want = coco_mask.decode(coco_mask.merge(coco_mask.frPyObjects([flat], 32, 32)))
+    np.testing.assert_array_equal(geometry.coco_segmentation_to_mask([flat], 32, 32), want)
 
 
 @pytest.mark.parametrize(

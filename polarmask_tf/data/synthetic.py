@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from polarmask_tf import fileio
+from polarmask_tf import fileio, geometry
 
 SHAPE_NAMES = ("circle", "ellipse", "rectangle", "triangle", "star", "L-shape", "U-shape")
 CATEGORIES = tuple(
@@ -58,31 +58,23 @@ _SUBPIXEL_BITS = 4
 
 
 def mask_to_polygons(mask):
-    """Outer outlines of a mask along its pixels' edges, one polygon per connected part.
+    """Outer outlines of a mask along its pixels' edges, one polygon per connected part
+    (geometry.mask_outlines; holes are not described: placements that leave a hole larger than
+    MAX_POLYGON_ERROR of the area are re-sampled).
 
-    Pixel (i, j) covers [j - 0.5, j + 0.5] x [i - 0.5, i + 0.5], so the outlines have half-integer
-    coordinates and enclose exactly the pixel centres of the part: rasterising them (here, with
-    pycocotools after the COCO shift, or with geometry.rasterize) gives the mask back. They are
-    traced as the contour of a (2H+1) x (2W+1) grid in which pixel (i, j) is the 3 x 3 block
-    centred at (2i + 1, 2j + 1), whose boundary cells are the pixel edges.
+    The outlines have half-integer coordinates and enclose exactly the pixel centres of the part:
+    rasterising them (here, with pycocotools after the COCO shift, or with geometry.rasterize)
+    gives the mask back.
 
     Args:
         mask: bool or uint8 array [H, W].
 
     Returns:
-        list of float32 arrays [K, 2] of (x, y) pixel coordinates, one per connected part;
-        parts with fewer than 3 points or an area below MIN_PART_AREA px are dropped.
+        list of float32 arrays [K, 2] of (x, y) pixel coordinates, one per connected part, largest
+        first; parts with an area below MIN_PART_AREA px are dropped.
     """
-    height, width = mask.shape
-    grid = np.zeros((2 * height + 1, 2 * width + 1), np.uint8)
-    grid[1::2, 1::2] = mask != 0
-    grid = cv2.dilate(grid, np.ones((3, 3), np.uint8))
-    contours = cv2.findContours(grid, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[-2]
-    return [
-        contour.reshape(-1, 2).astype(np.float32) / 2.0 - 0.5
-        for contour in contours
-        if len(contour) >= 3 and cv2.contourArea(contour) / 4.0 >= MIN_PART_AREA
-    ]
+    parts, _ = geometry.mask_outlines(mask)
+    return [part for part in parts if cv2.contourArea(part) >= MIN_PART_AREA]
 
 
 def outlines_to_mask(polygons, height, width):

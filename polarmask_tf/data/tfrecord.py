@@ -4,8 +4,8 @@ by data/pipeline. This module is the only place that knows the feature keys.
 Coordinates are pixels in this project's frame (pixel (row i, column j) has its centre at
 (x=j, y=i)), i.e. COCO polygon coordinates minus 0.5, clipped to the image's outer pixel edges
 [-0.5, width - 0.5] x [-0.5, height - 0.5]. Boxes are [x1, y1, x2, y2], the extent of all of an
-instance's parts (for a mask's contour: the first and last pixel centres, the original's
-inclusive-pixel box).
+instance's parts (for an RLE mask: its pixel-edge outline, so the box runs along the outer edges
+of its first and last pixels, half a pixel outside their centres).
 
 | key | type | shape | meaning |
 |---|---|---|---|
