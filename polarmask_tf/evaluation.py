@@ -7,8 +7,8 @@
     scalars = evaluator(model)                  # {"segm/AP": ..., "bbox/AP50": ...}, cheap to repeat
 
 As the original evaluated (spec section 5): each polygon is rasterised at the ORIGINAL image
-resolution and stored as an RLE, the bbox comes from the box branch, and mask and box share the
-detection's score.
+resolution and stored as an RLE, the bbox comes from the box branch (from the polygon extent
+without one, model.box_branch false), and mask and box share the detection's score.
 
 Frames. In polarmask_tf pixel (row i, column j) has its centre at (x=j, y=i) and covers
 [j - 0.5, j + 0.5]; COCO puts that pixel at [j, j + 1] (centre j + 0.5). So a point is

@@ -70,13 +70,47 @@ def checkpoint_config_path(checkpoint, config_path=None):
     return path
 
 
+def checkpoint_has_box_branch(prefix):
+    """Whether the checkpoint at `prefix` holds the head's box branch (its box_pred conv).
+
+    Read from the checkpoint's object graph, not the variable keys: a training checkpoint stores
+    each trainable variable under the optimizer's path ("optimizer/_trainable_variables/7/..."),
+    so the keys need not name the layers."""
+    from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    # NewCheckpointReader, not tf.train.load_checkpoint: that one takes a ram:// prefix for a directory.
+    reader = tf.compat.v1.train.NewCheckpointReader(prefix)
+    graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    return any(child.local_name == "box_pred" for node in graph.nodes for child in node.children)
+
+
+def check_box_branch(prefix, config):
+    """Raises CheckpointMismatchError, naming the checkpoint `prefix`, when it was trained with
+    another model.box_branch than `config` has. Needed because a restore into the model without the
+    branch would silently skip the checkpoint's box variables, and the reverse fails with a message
+    that names one variable path."""
+    trained = checkpoint_has_box_branch(prefix)
+    if trained != config.model.box_branch:
+        def text(value):
+            return "true" if value else "false"
+
+        raise CheckpointMismatchError(
+            f"{prefix} was trained with model.box_branch={text(trained)}, the config has "
+            f"{text(config.model.box_branch)}: set model.box_branch={text(trained)}, or use the config the "
+            "checkpoint was trained with (its model dir's config.yaml)"
+        )
+
+
 def load_model(config, checkpoint):
     """The model of `config` with the weights of `checkpoint` (see find_checkpoint).
 
     Raises CheckpointMismatchError, naming the checkpoint and the first mismatch, when the
-    checkpoint was trained with another architecture (backbone, channels, classes, rays...).
+    checkpoint was trained with another architecture (backbone, channels, classes, rays, with or
+    without the box branch: check_box_branch).
     """
     prefix = find_checkpoint(checkpoint)
+    check_box_branch(prefix, config)
     model = build_model(config)
     try:
         tf.train.Checkpoint(model=model).restore(prefix).expect_partial().assert_existing_objects_matched()

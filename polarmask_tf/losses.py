@@ -1,6 +1,7 @@
 """PolarMask training losses (spec section 4), float32, static shapes, safe without positives.
 
-Total loss = L_cls + L_mask + L_bbox + L_ctr, all weights 1.0:
+Total loss = L_cls + L_mask + L_bbox + L_ctr, all weights 1.0 (L_cls + L_mask + L_ctr without the
+box branch, model.box_branch false: the outputs then have no "boxes" and there is no L_bbox):
 
 - L_cls: sigmoid focal loss (alpha 0.25, gamma 2) over all locations x C classes,
   sum / (num_positives + num_images).
@@ -8,7 +9,7 @@ Total loss = L_cls + L_mask + L_bbox + L_ctr, all weights 1.0:
   weighted by the centerness target c*, sum / sum(c*). Runs in its own
   tf.function(jit_compile=True).
 - L_bbox ("box_loss"): IoU loss -log(IoU) with the original's "+1" box areas, weighted by c*,
-  sum / sum(c*).
+  sum / sum(c*). Only when the outputs have "boxes".
 - L_ctr: BCE with logits between the centerness logit and c*, sum over positives / num_positives.
 
 Normalisation and distribution. Every loss here is a plain sum over the local batch divided by a
@@ -183,17 +184,20 @@ def centerness_loss(logits, targets, mask, normalizer):
 
 
 def polarmask_losses(outputs, targets, normalizers=None, alpha=0.25, gamma=2.0, jit=True):
-    """The four PolarMask losses and their sum, float32 scalars.
+    """The four PolarMask losses (three without the box branch) and their sum, float32 scalars.
 
     outputs: the head's outputs (any float dtype, cast to float32 here): cls_logits [B, P, C],
-        centerness [B, P] logits, boxes [B, P, 4] predicted (l, t, r, b) > 0, rays [B, P, N] > 0.
+        centerness [B, P] logits, boxes [B, P, 4] predicted (l, t, r, b) > 0 (absent without the box
+        branch: then there is no box loss), rays [B, P, N] > 0.
     targets: the pipeline's targets: labels int32 [B, P] (0 = negative, 1..C), rays float32
         [B, P, N], boxes float32 [B, P, 4], centerness float32 [B, P].
     normalizers: dict like `loss_normalizers` holding the GLOBAL values (summed over replicas).
         None uses this batch's own values, which is right for a single replica only.
     jit: run the Polar IoU loss in its XLA-compiled function.
 
-    Returns {"cls_loss", "ray_loss", "box_loss", "centerness_loss", "total_loss"}.
+    Returns {"cls_loss", "ray_loss", "box_loss", "centerness_loss", "total_loss"}; without "boxes" in
+    `outputs` the dict has no "box_loss" key and total_loss = cls + ray + centerness. (The targets'
+    "boxes" are then unused.)
     """
     if normalizers is None:
         normalizers = loss_normalizers(targets)
@@ -210,8 +214,9 @@ def polarmask_losses(outputs, targets, normalizers=None, alpha=0.25, gamma=2.0, 
             outputs["cls_logits"], targets["labels"], num_positives + num_images, alpha, gamma
         ),
         "ray_loss": polar_iou_loss(outputs["rays"], targets["rays"], weights, centerness_sum, jit=jit),
-        "box_loss": box_iou_loss(outputs["boxes"], targets["boxes"], weights, centerness_sum),
-        "centerness_loss": centerness_loss(outputs["centerness"], center_target, positive, num_positives),
     }
+    if "boxes" in outputs:
+        losses["box_loss"] = box_iou_loss(outputs["boxes"], targets["boxes"], weights, centerness_sum)
+    losses["centerness_loss"] = centerness_loss(outputs["centerness"], center_target, positive, num_positives)
     losses["total_loss"] = tf.add_n(list(losses.values()))
     return losses

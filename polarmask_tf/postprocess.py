@@ -285,19 +285,35 @@ def select_detections(keep, candidates, boxes, max_detections):
     }
 
 
+def effective_box_source(postprocess_config, outputs):
+    """"box_branch" or "polygon": postprocess_config.box_source, with "auto" resolved to the box
+    branch when `outputs` (the model's dict) has "boxes" (model.box_branch true), else the polygon.
+    ValueError for "box_branch" on outputs without "boxes" or an unknown value."""
+    source = postprocess_config.box_source
+    if source == "auto":
+        return "box_branch" if "boxes" in outputs else "polygon"
+    if source not in ("box_branch", "polygon"):
+        raise ValueError(f"unknown box_source {source!r}: use 'auto', 'box_branch' or 'polygon'")
+    if source == "box_branch" and "boxes" not in outputs:
+        raise ValueError("postprocess.box_source 'box_branch', but the model has no box branch "
+                         "(model.box_branch false): use 'auto' or 'polygon'")
+    return source
+
+
 def postprocess(outputs, resized_size, scale, padded_shape, polar_config, postprocess_config):
     """Detections from the model's dense outputs, K = postprocess_config.max_detections per image.
 
     outputs: the model's dict (modeling.model.build_model): "cls_logits" float32 [B, P, C],
-      "centerness" [B, P] (logits), "boxes" [B, P, 4] (l, t, r, b, input pixels), "rays" [B, P, N]
-      (input pixels, this project's ray order), P the locations of `padded_shape`.
+      "centerness" [B, P] (logits), "boxes" [B, P, 4] (l, t, r, b, input pixels; absent without the
+      box branch, read only for box_source "box_branch"), "rays" [B, P, N] (input pixels, this
+      project's ray order), P the locations of `padded_shape`.
     resized_size: int32 [B, 2], (h, w) of the unpadded image inside the padded input.
     scale: float32 [B, 2], (sy, sx) = resized / original size (modeling.preprocessing).
     padded_shape: static (Hp, Wp) of the network input, pixels.
     polar_config: config.PolarConfig (the location grid). postprocess_config: config.PostprocessConfig.
 
     Stages: scoring -> top_locations -> top_candidates -> boxes (box_branch_boxes or the polygons'
-    extent), mapped to original pixels -> class_aware_nms -> select_detections -> polygons of the
+    extent, effective_box_source), mapped to original pixels -> class_aware_nms -> select_detections -> polygons of the
     detections (decoded from their rays only, unless they were needed for the boxes).
 
     Returns a dict; entries at index >= num_detections are padding with score 0, class
@@ -311,8 +327,7 @@ def postprocess(outputs, resized_size, scale, padded_shape, polar_config, postpr
                                      kept locations, before the max_candidates cap.
     """
     cfg = postprocess_config
-    if cfg.box_source not in ("box_branch", "polygon"):
-        raise ValueError(f"unknown box_source {cfg.box_source!r}: use 'box_branch' or 'polygon'")
+    box_source = effective_box_source(cfg, outputs)
     padded_shape = tuple(int(side) for side in padded_shape)
     cls_logits = tf.convert_to_tensor(outputs["cls_logits"], tf.float32)
     rays = tf.convert_to_tensor(outputs["rays"], tf.float32)
@@ -333,7 +348,7 @@ def postprocess(outputs, resized_size, scale, padded_shape, polar_config, postpr
     candidates = top_candidates(probs, scores, top_locations(rank, padded_shape, cfg.pre_nms_top_k),
                                 cfg.score_threshold, cfg.max_candidates)
     candidate_polygons = None
-    if cfg.box_source == "box_branch":
+    if box_source == "box_branch":
         slots = candidates["scores"].shape[1]
         boxes = box_branch_boxes(points, tf.convert_to_tensor(outputs["boxes"], tf.float32), candidates["location"])
         corners = _to_original(tf.reshape(boxes, [-1, slots, 2, 2]), resized_size, scale, cfg.rescale)

@@ -206,7 +206,7 @@ def converted_config(layout, settings, overrides=()):
     data = {
         "polar": {"num_rays": layout.num_rays, "grid": "original"},
         "model": {"backbone": layout.backbone, "backbone_weights": None, "num_classes": layout.num_classes,
-                  "freeze_stem": True, "freeze_batchnorm": True},
+                  "freeze_stem": True, "freeze_batchnorm": True, "box_branch": True},
         "data": {"image_size": [height, width], "resize": "keep_ratio" if settings.keep_ratio else "stretch",
                  "size_divisor": 128, "normalization": normalization},
         "postprocess": {
@@ -219,6 +219,12 @@ def converted_config(layout, settings, overrides=()):
         },
     }
     try:
+        # The box-branch override alone first, so that its refusal names the reason rather than the
+        # box_source it contradicts.
+        box_overrides = [o for o in overrides if o.partition("=")[0].strip() == "model.box_branch"]
+        if not cfg.apply_overrides(cfg.Config(), box_overrides).model.box_branch:
+            raise ConversionError("converted config: model.box_branch=false, but the original's checkpoints always "
+                                  "have a box branch (bbox_head.*_reg, scales_bbox): drop the override")
         return cfg.apply_overrides(cfg.from_dict(data), overrides)
     except cfg.ConfigError as error:
         raise ConversionError(f"converted config: {error}") from error

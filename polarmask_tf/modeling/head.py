@@ -5,12 +5,15 @@ Three separate towers, each `num_convs` x [3x3 conv (no bias), GroupNorm, ReLU]:
   box tower -> 4 box distances (l, t, r, b) = exp(s_box[l] * conv);
   ray tower -> num_rays ray lengths = exp(s_ray[l] * conv),
 with one learnable scalar per level for boxes and one for rays (s_box, s_ray, initialised to 1).
+With box_branch=False (config model.box_branch, the paper's final model) the box tower, box_pred
+and s_box do not exist and the outputs have no "boxes": the boxes come from the polygons.
 Distances are pixels of the network input (no division by the stride). All convs are initialised
 N(0, 0.01) with zero bias, except the class bias -log((1 - p) / p) (p = prior_prob), so at
 initialisation every class probability is p and every distance is about exp(0) = 1 px.
 
 With 80 classes, 36 rays, 256 channels, 4 convs and GroupNorm the head has 7,362,947 parameters
-(spec TV11).
+(spec TV11); without the box branch 4 x (3*3*256*256 + 2*256) + (3*3*256*4 + 4) + 5 = 2,370,569
+fewer.
 """
 
 import math
@@ -38,6 +41,9 @@ class PolarHead(keras.layers.Layer):
     "<branch>_tower_gn<i>/gamma|beta" for branch in cls, box, ray; "cls_logits/kernel|bias",
     "centerness/kernel|bias", "box_pred/kernel|bias", "ray_pred/kernel|bias"; and the per-level
     scales "box_scales" and "ray_scales", float32 [num_levels] (never autocast).
+
+    box_branch=False: no box tower, "box_pred" or "box_scales" (no variable path contains "box"),
+    and the level dicts have no "boxes".
     """
 
     def __init__(
@@ -50,6 +56,7 @@ class PolarHead(keras.layers.Layer):
         prior_prob=0.01,
         num_levels=5,
         max_exponent=20.0,
+        box_branch=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -64,6 +71,8 @@ class PolarHead(keras.layers.Layer):
         self.groups = groups
         self.prior_prob = prior_prob
         self.num_levels = num_levels
+        self.box_branch = bool(box_branch)
+        self.branches = BRANCHES if self.box_branch else tuple(b for b in BRANCHES if b != "box")
         # exp() of a float32 overflows to inf above ~88; one bad step must not turn every distance
         # (and then the losses and the weights) into inf/NaN. exp(20) ~ 4.9e8 px is far beyond any
         # image, so the clip never binds in healthy training (its gradient there is zero).
@@ -74,7 +83,7 @@ class PolarHead(keras.layers.Layer):
 
         # One attribute per layer: TensorFlow checkpoints (tf.train.Checkpoint) follow attributes,
         # not layers placed inside a dict after it was assigned.
-        for branch in BRANCHES:
+        for branch in self.branches:
             for i in range(num_convs):
                 setattr(self, f"{branch}_tower_conv{i}", keras.layers.Conv2D(
                     channels, 3, padding="same", use_bias=False, kernel_initializer=normal(),
@@ -92,7 +101,8 @@ class PolarHead(keras.layers.Layer):
 
         self.cls_logits = output_conv(num_classes, "cls_logits", -math.log((1.0 - prior_prob) / prior_prob))
         self.centerness = output_conv(1, "centerness")
-        self.box_pred = output_conv(4, "box_pred")
+        if self.box_branch:
+            self.box_pred = output_conv(4, "box_pred")
         self.ray_pred = output_conv(num_rays, "ray_pred")
 
     def build(self, input_shape):
@@ -103,15 +113,16 @@ class PolarHead(keras.layers.Layer):
             raise ValueError(f"all pyramid levels need the same, known channel count; got shapes {input_shape}")
         in_channels = in_channels.pop()
         tower_out = self.channels if self.num_convs else in_channels
-        for branch in BRANCHES:
+        for branch in self.branches:
             for i, (conv, norm) in enumerate(self._tower_layers(branch)):
                 conv.build((None, None, None, in_channels if i == 0 else self.channels))
                 norm.build((None, None, None, self.channels))
-        for conv in (self.cls_logits, self.centerness, self.box_pred, self.ray_pred):
+        for conv in (self.cls_logits, self.centerness, self.ray_pred) + ((self.box_pred,) if self.box_branch else ()):
             conv.build((None, None, None, tower_out))
-        self.box_scales = self.add_weight(
-            name="box_scales", shape=(self.num_levels,), initializer="ones", autocast=False
-        )
+        if self.box_branch:
+            self.box_scales = self.add_weight(
+                name="box_scales", shape=(self.num_levels,), initializer="ones", autocast=False
+            )
         self.ray_scales = self.add_weight(
             name="ray_scales", shape=(self.num_levels,), initializer="ones", autocast=False
         )
@@ -137,14 +148,18 @@ class PolarHead(keras.layers.Layer):
         outputs = []
         for level, x in enumerate(features):
             cls_features = self._tower("cls", x, training)
-            outputs.append(
-                {
-                    "cls_logits": ops.cast(self.cls_logits(cls_features), "float32"),
-                    "centerness": ops.cast(self.centerness(cls_features), "float32"),
-                    "boxes": self._distances(self.box_pred(self._tower("box", x, training)), self.box_scales[level]),
-                    "rays": self._distances(self.ray_pred(self._tower("ray", x, training)), self.ray_scales[level]),
-                }
+            level_outputs = {
+                "cls_logits": ops.cast(self.cls_logits(cls_features), "float32"),
+                "centerness": ops.cast(self.centerness(cls_features), "float32"),
+            }
+            if self.box_branch:
+                level_outputs["boxes"] = self._distances(
+                    self.box_pred(self._tower("box", x, training)), self.box_scales[level]
+                )
+            level_outputs["rays"] = self._distances(
+                self.ray_pred(self._tower("ray", x, training)), self.ray_scales[level]
             )
+            outputs.append(level_outputs)
         return outputs
 
     def get_config(self):
@@ -158,5 +173,6 @@ class PolarHead(keras.layers.Layer):
             prior_prob=self.prior_prob,
             num_levels=self.num_levels,
             max_exponent=self.max_exponent,
+            box_branch=self.box_branch,
         )
         return config

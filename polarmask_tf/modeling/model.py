@@ -16,6 +16,12 @@ from polarmask_tf.modeling import backbones, fpn, head, pyramid
 OUTPUT_KEYS = ("cls_logits", "centerness", "boxes", "rays")
 
 
+def output_keys(model_config):
+    """The keys of build_model's outputs for a config.ModelConfig: OUTPUT_KEYS, without "boxes"
+    when model.box_branch is false."""
+    return tuple(key for key in OUTPUT_KEYS if key != "boxes" or model_config.box_branch)
+
+
 @keras.saving.register_keras_serializable(package="polarmask_tf")
 class InputSizeCheck(keras.layers.Layer):
     """Identity on images [B, H, W, C] that rejects H or W not divisible by `divisor`.
@@ -70,7 +76,8 @@ def build_model(config):
     Outputs, a dict of float32 tensors (also under mixed precision), P = sum_s (H/s) * (W/s):
       "cls_logits": [B, P, num_classes], class logits (class c is column c - 1);
       "centerness": [B, P], polar centerness logits;
-      "boxes":      [B, P, 4], (l, t, r, b) distances from the location, input pixels;
+      "boxes":      [B, P, 4], (l, t, r, b) distances from the location, input pixels; only with
+                    model.box_branch true (without it the dict has no "boxes" key);
       "rays":       [B, P, num_rays], ray lengths, input pixels.
 
     Layer names: "input_size_check", "backbone_<name>" (a nested keras.Model), "fpn_*", "head"
@@ -89,11 +96,12 @@ def build_model(config):
         groups=model_config.group_norm_groups,
         prior_prob=model_config.prior_prob,
         num_levels=len(pyramid.STRIDES),
+        box_branch=model_config.box_branch,
         name="head",
     )(levels)
 
     outputs = {}
-    for key in OUTPUT_KEYS:
+    for key in output_keys(model_config):
         flat = []
         for level, level_outputs in zip(pyramid.LEVELS, per_level, strict=True):
             channels = level_outputs[key].shape[-1]

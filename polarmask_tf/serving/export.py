@@ -10,7 +10,9 @@ Inputs:
   serve_images     images       uint8  [B, H, W, 3]   RGB, one size per request
 Outputs (both signatures), batch first:
   num_detections         int32   [B]
-  detection_boxes        float32 [B, K, 4]     x1, y1, x2, y2 in original image pixels
+  detection_boxes        float32 [B, K, 4]     x1, y1, x2, y2 in original image pixels (the polygon
+                                               extents with postprocess.box_source polygon, which
+                                               "auto" is for a model without the box branch)
   detection_scores       float32 [B, K]        descending
   detection_classes      int32   [B, K]        the training dataset's category ids
   detection_class_names  string  [B, K]        their names (from the categories.tsv asset)

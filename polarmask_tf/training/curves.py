@@ -8,6 +8,7 @@ import collections
 import os
 
 LOSSES = ("loss/total_loss", "loss/cls_loss", "loss/ray_loss", "loss/box_loss", "loss/centerness_loss")
+"""The loss curves drawn, those the run has: a run without the box branch has no loss/box_loss."""
 
 
 def read_scalars(model_dir):

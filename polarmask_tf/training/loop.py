@@ -42,10 +42,17 @@ from polarmask_tf.training.optimization import build_optimizer
 LOSS_NAMES = ("cls_loss", "ray_loss", "box_loss", "centerness_loss", "total_loss")
 ARCHITECTURE_KEYS = (
     "model.backbone", "model.num_classes", "model.fpn_channels", "model.head_channels", "model.head_convs",
-    "model.group_norm_groups", "model.freeze_stem", "model.freeze_batchnorm", "polar.num_rays",
+    "model.group_norm_groups", "model.box_branch", "model.freeze_stem", "model.freeze_batchnorm",
+    "polar.num_rays",
 )
 """Config keys that change the network's variables or which of them the optimiser tracks (its
 momentum slots follow the trainable variables), so a checkpoint made with other values cannot load."""
+
+
+def loss_names(config):
+    """LOSS_NAMES of a config's losses: without "box_loss" when model.box_branch is false (the
+    progress bar, the finiteness check and the loss/* summaries follow it)."""
+    return tuple(name for name in LOSS_NAMES if name != "box_loss" or config.model.box_branch)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -204,6 +211,7 @@ class Trainer:
         for index, (_, prefix) in enumerate(found):
             try:
                 self.checkpoint.restore(prefix).assert_existing_objects_matched()
+                inference.check_box_branch(prefix, self.config)
             except (AssertionError, ValueError) as error:
                 raise ArchitectureMismatchError(
                     f"{prefix} does not fit this model ({str(error).splitlines()[0]}). "
@@ -329,14 +337,14 @@ class Trainer:
                 stop = tf.constant(1.0 if self._stop_requested else 0.0)
                 values = {k: float(v) for k, v in self._step_fn(iterator, stop).items()}
                 step = self.step
-                if not all(map(_is_finite, (values[name] for name in LOSS_NAMES))):
+                if not all(map(_is_finite, (values[name] for name in loss_names(self.config)))):
                     raise NonFiniteLossError(
                         f"step {step}: the loss is not finite ({_format(values)}); training stopped without "
                         f"saving. The last good checkpoint is {self.manager.latest_checkpoint}. Lower "
                         "train.base_learning_rate, check the data, or use float32 / mixed_bfloat16."
                     )
                 history.append(dict(values, step=step))
-                bar.update(1, **{name.replace("_loss", ""): values[name] for name in LOSS_NAMES})
+                bar.update(1, **{name.replace("_loss", ""): values[name] for name in loss_names(self.config)})
                 if step % self.config.train.log_every == 0 or step == total_steps:
                     now = time.perf_counter()
                     images_per_second = (step - last_step) * batch_size / max(now - last_time, 1e-9)
@@ -397,7 +405,7 @@ class Trainer:
         """Scalars at `step`; `values` are the means over the steps since the previous write."""
         learning_rate = self.optimizer.learning_rate
         with writer.as_default(step=step):
-            for name in LOSS_NAMES:
+            for name in loss_names(self.config):
                 tf.summary.scalar(f"loss/{name}", values[name])
             tf.summary.scalar("learning_rate", float(learning_rate))
             tf.summary.scalar("positives_per_image", values["positives_per_image"])
@@ -413,9 +421,11 @@ def initialize_from(model, config, checkpoint):
     """Copies the weights of `checkpoint` (a model dir or a ckpt-N prefix with config.yaml beside
     it) into `model` (built from `config`). Returns the paths of the variables left at their fresh
     initialisation: the class-logit conv's kernel and bias when model.num_classes differs, else none.
-    Raises ArchitectureMismatchError when the networks differ otherwise, and FileNotFoundError /
-    ConfigError for a missing checkpoint or config."""
+    Raises inference.CheckpointMismatchError when the checkpoint has a box branch and `config` not
+    (model.box_branch), or the reverse; ArchitectureMismatchError when the networks differ otherwise;
+    FileNotFoundError / ConfigError for a missing checkpoint or config."""
     source_config = cfg.load_config(inference.checkpoint_config_path(checkpoint))
+    inference.check_box_branch(inference.find_checkpoint(checkpoint), config)
     differences = _architecture_differences(source_config, config, ignore=FINE_TUNING_KEYS)
     if differences:
         raise ArchitectureMismatchError(
