@@ -150,7 +150,6 @@ def copy(source, target):
     write_bytes(target, read_bytes(source))
 
 
-
 def list_files(path):
     """(relative path, size in bytes) of every file under the directory `path` (local or URI),
     sorted, the relative paths '/'-separated; [] when `path` does not exist. Through

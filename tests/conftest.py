@@ -57,6 +57,13 @@ def shared_path(*parts):
     return path
 
 
+def scheme_named_entries(*directories):
+    """Entries of local `directories` whose names start like a URI scheme ("ram:", "gs:", "s3:"):
+    what code that treats a URI as a local path (os.makedirs("gs://b/x")) leaves behind."""
+    return [os.path.join(str(d), name) for d in directories for name in os.listdir(d)
+            if name.startswith(("ram:", "gs:", "s3:"))]
+
+
 def synthetic_train_records(root, num_images, seed, min_size, max_size, num_shards):
     """A synthetic dataset under ROOT/synthetic (all train) as TFRecord shards ROOT/records/train-*;
     returns ROOT/records."""

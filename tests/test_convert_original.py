@@ -28,7 +28,7 @@ from polarmask_tf.modeling import preprocessing  # noqa: E402
 from polarmask_tf.training import loop  # noqa: E402
 
 import original_torch  # noqa: E402  (needs torch)
-from conftest import SHARED_DIR, synthetic_train_records  # noqa: E402
+from conftest import SHARED_DIR, scheme_named_entries, synthetic_train_records  # noqa: E402
 
 pytestmark = pytest.mark.slow  # end-to-end: exports, conversions, subprocesses; -m "not slow" skips
 
@@ -431,4 +431,4 @@ def test_a_conversion_from_and_to_ram_loads_back_with_the_same_weights(r50, monk
     config = cfg.load_config(f"{bucket}/model/config.yaml")
     loaded = inference.load_model(config, f"{bucket}/model")
     assert loop.weights_digest(loaded) == loop.weights_digest(model)
-    assert not any(name.startswith(("ram:", "gs:")) for name in os.listdir(tmp_path))
+    assert not scheme_named_entries(tmp_path)

@@ -15,7 +15,7 @@ from polarmask_tf.cli import evaluate as evaluate_cli
 from polarmask_tf.data import coco, pipeline, records_writer, synthetic
 from polarmask_tf.training import loop
 
-from conftest import synthetic_train_records
+from conftest import scheme_named_entries, synthetic_train_records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEVNULL = open(os.devnull, "w")
@@ -23,10 +23,6 @@ DEVNULL = open(os.devnull, "w")
 
 def ram(name):
     return f"ram://{uuid.uuid4().hex[:8]}/{name}"
-
-
-def no_scheme_folders(*roots):
-    return not any(os.path.exists(os.path.join(root, scheme)) for root in roots for scheme in ("ram:", "gs:", "s3:"))
 
 
 def test_fileio_writes_atomically_and_names_paths(tmp_path):
@@ -43,7 +39,7 @@ def test_fileio_writes_atomically_and_names_paths(tmp_path):
         fileio.makedirs(os.path.join(str(tmp_path), "deep", "report.json", "below"))
     assert fileio.absolute("gs://bucket/run") == "gs://bucket/run"
     assert fileio.parent("gs://bucket/run/") == "gs://bucket"
-    assert no_scheme_folders(os.getcwd(), str(tmp_path))
+    assert not scheme_named_entries(os.getcwd(), str(tmp_path))
 
 
 def test_fileio_errors_name_the_path_and_the_missing_filesystem(tmp_path):
@@ -87,7 +83,7 @@ def test_conversion_reads_and_writes_ram_and_the_pipeline_reads_it_back(ram_data
     batches = list(pipeline.build_dataset(config, training=False))
     assert len(batches) == 5
     assert sorted(int(targets["image_id"][0]) for _, targets in batches) == [1, 2, 3, 4, 5]
-    assert no_scheme_folders(os.getcwd(), ROOT)
+    assert not scheme_named_entries(os.getcwd(), ROOT)
 
 
 @pytest.mark.slow
@@ -118,4 +114,4 @@ def test_training_with_its_model_dir_on_ram_resumes_and_evaluates_there(ram_data
     assert metrics["num_images"] == 2 and metrics["checkpoint"].startswith("ram://")
     assert metrics["config"] == os.path.join(model_dir, "config.yaml")
     assert isinstance(fileio.read_json(f"{model_dir}/eval/results.json"), list)
-    assert no_scheme_folders(os.getcwd(), ROOT)
+    assert not scheme_named_entries(os.getcwd(), ROOT)

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
+from test_serving import MASK_SIZE, TINY, K, N  # the same tiny model
 
 from polarmask_tf import config as cfg
 from polarmask_tf import fileio
@@ -21,15 +22,11 @@ from polarmask_tf.modeling.model import build_model
 from polarmask_tf.serving import export, warmup
 
 import tf_serving_double
+from conftest import scheme_named_entries
 
 pytestmark = pytest.mark.slow  # exports SavedModels; -m "not slow" skips
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["data.image_size=[128, 128]", "model.prior_prob=0.2", "postprocess.max_detections=12",
-        "model.fpn_channels=16", "model.head_channels=16", "model.head_convs=1", "model.group_norm_groups=4"]
-MASK_SIZE = 8
-K = 12
-N = 36
 VERSION_FILES = ["assets.extra/tf_serving_warmup_requests", "assets/categories.tsv", "fingerprint.pb",
                  "saved_model.pb", "variables/variables.data-00000-of-00001", "variables/variables.index"]
 
@@ -43,12 +40,6 @@ def _jpeg(seed=0, width=150, height=110):
     ok, data = cv2.imencode(".jpg", np.ascontiguousarray(image[..., ::-1]))
     assert ok
     return data.tobytes()
-
-
-def _no_uri_named_local_dirs(*directories):
-    for directory in directories:
-        names = os.listdir(directory)
-        assert not any(name.startswith(("ram:", "gs:")) for name in names), (directory, names)
 
 
 def _staging_left(base):
@@ -78,7 +69,7 @@ def remote(tmp_path_factory):
         printed = io.StringIO()
         status = export_command.main(["--model-dir", model_dir, "--export-dir", base, "--mask-size", str(MASK_SIZE)],
                                      stream=printed)
-        _no_uri_named_local_dirs(work, work / "local")
+        assert not scheme_named_entries(work, work / "local")
     finally:
         os.chdir(previous)
     return {"config": config, "model": model, "base": base, "local": local, "first": first,
@@ -168,7 +159,7 @@ def test_an_existing_ram_version_needs_overwrite_and_is_then_replaced(remote, tm
     outputs = _outputs(second, [_jpeg(2)])
     assert outputs["detection_class_names"][0, 0].startswith(b"renamed ")
     assert not _staging_left(base)
-    _no_uri_named_local_dirs(tmp_path)
+    assert not scheme_named_entries(tmp_path)
 
 
 @pytest.mark.parametrize("where", ["after_the_variables", "at_saved_model_pb"])
@@ -213,7 +204,7 @@ def test_an_interrupted_ram_export_publishes_no_loadable_half_version(remote, wh
     assert not _staging_left(base)
     for version in (remote["first"], remote["second"]):
         assert fileio.is_file(version + "/saved_model.pb")
-    _no_uri_named_local_dirs(tmp_path)
+    assert not scheme_named_entries(tmp_path)
 
 
 def test_the_client_reads_images_and_writes_overlays_and_json_on_ram(remote, tmp_path, monkeypatch, capsys):
@@ -234,4 +225,4 @@ def test_the_client_reads_images_and_writes_overlays_and_json_on_ram(remote, tmp
     assert detections[0]["image"] == image
     n = expected["num_detections"][0]
     np.testing.assert_allclose(detections[0]["scores"], expected["detection_scores"][0, :n], atol=1e-5)
-    _no_uri_named_local_dirs(tmp_path)
+    assert not scheme_named_entries(tmp_path)
