@@ -10,6 +10,10 @@ the median over repeats (each --images images, in calls of that batch size) of t
 MobileNetV2 runs at 512 x 512, ResNet-50 at 800 x 800 (export --input_size). The heads are built
 with prior_prob 0.06, above the 0.05 score threshold, so every kept location passes it and NMS
 works on the full max_candidates (2000) set: the expensive end of post-processing.
+At batch 1 the export's time is split into its stages, each timed alone as a tf.function in the
+same process: decode + resize + normalise, forward, post-processing (top-k, scoring, NMS, ray
+decoding), masks (polygons rasterised into 28 x 28 box masks); "rest" is the export's time minus
+their sum (the signature's own cost: map_fn, category lookups, SavedModel call overhead).
 """
 
 import argparse
@@ -30,6 +34,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from timing import median_seconds  # noqa: E402
 
 from polarmask_tf import config as cfg  # noqa: E402
+from polarmask_tf import geometry  # noqa: E402
+from polarmask_tf import postprocess as postprocess_lib  # noqa: E402
 from polarmask_tf.data import coco, synthetic  # noqa: E402
 from polarmask_tf.modeling import model as modeling  # noqa: E402
 from polarmask_tf.modeling import preprocessing  # noqa: E402
@@ -63,7 +69,7 @@ def measure(name, batches, images, repeats, workdir):
     served = tf.saved_model.load(version).signatures["serving_default"]
     forward = tf.function(lambda x: model(x, training=False))
     jpegs = _jpegs(max(batches))
-    rows = []
+    rows, stages = [], None
     for batch in batches:
         inputs = tf.stack([preprocessing.preprocess_image(tf.io.decode_jpeg(data), config)[0]
                            for data in jpegs[:batch]])
@@ -73,7 +79,29 @@ def measure(name, batches, images, repeats, workdir):
         full = median_seconds(lambda request=request: served(image_bytes=request)["num_detections"].numpy(), calls,
                               repeats) / batch
         rows.append((batch, raw, full))
-    return export_seconds, export.size_on_disk(version) / 2**20, rows
+        if batch == 1:
+            stages = _stages(config, model, jpegs[0], calls, repeats)
+    return export_seconds, export.size_on_disk(version) / 2**20, rows, stages
+
+
+def _stages(config, model, jpeg, calls, repeats):
+    """{stage: seconds} of the export's stages at batch 1, as the module docstring lists them."""
+    padded = preprocessing.padded_image_shape(config.data)
+    prepare = tf.function(lambda data: preprocessing.preprocess_image(tf.io.decode_image(
+        data, channels=3, expand_animations=False), config))
+    inputs, resized_size, scale = (t[None] for t in prepare(tf.constant(jpeg)))
+    forward = tf.function(lambda x: model(x, training=False))
+    outputs = forward(inputs)
+    post = tf.function(lambda o: postprocess_lib.postprocess(o, resized_size, scale, padded, config.polar,
+                                                             config.postprocess))
+    found = post(outputs)
+    masks = tf.function(lambda polygons, boxes: geometry.box_masks(polygons, boxes, 28))
+    return {
+        "decode + resize": median_seconds(lambda: prepare(tf.constant(jpeg))[0].numpy(), calls, repeats),
+        "forward": median_seconds(lambda: forward(inputs)["rays"].numpy(), calls, repeats),
+        "post-processing": median_seconds(lambda: post(outputs)["num_detections"].numpy(), calls, repeats),
+        "masks": median_seconds(lambda: masks(found["polygons"], found["boxes"]).numpy(), calls, repeats),
+    }
 
 
 def main():
@@ -88,12 +116,20 @@ def main():
     print(f"{'model':<13} {'input':>7} {'export s':>9} {'MiB':>6} "
           f"{'batch':>5} {'forward':>9} {'export':>9} {'ratio':>6}")
     workdir = tempfile.mkdtemp(prefix="serving-bench-")
+    breakdowns = []
     try:
         for name in args.models:
-            seconds, mib, rows = measure(name, args.batches, args.images, args.repeats, workdir)
+            seconds, mib, rows, stages = measure(name, args.batches, args.images, args.repeats, workdir)
             for batch, raw, full in rows:
                 print(f"{name:<13} {MODELS[name][1]:>7} {seconds:>9.1f} {mib:>6.1f} {batch:>5} "
                       f"{raw * 1e3:>9.1f} {full * 1e3:>9.1f} {full / raw:>6.2f}")
+                if batch == 1:
+                    breakdowns.append((name, full, stages))
+        for name, full, stages in breakdowns:
+            stages["rest"] = full - sum(stages.values())
+            print(f"\n{name}, batch 1: the export's {full * 1e3:.1f} ms per image by stage")
+            for stage, seconds in stages.items():
+                print(f"  {stage:<16} {seconds * 1e3:>8.1f} ms {seconds / full:>7.1%}")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -73,6 +73,34 @@ def test_tiny_model_learns_on_four_synthetic_images(records, tmp_path):
     assert tf.io.gfile.glob(str(tmp_path / "run" / "train" / "events.out.tfevents.*"))
 
 
+@pytest.mark.slow
+def test_mixed_float16_training_moves_the_loss_scale_and_learns(records, tmp_path):
+    """A real run through the LossScaleOptimizer: the dynamic scale starts at 2**15 and is halved on
+    each step whose float16 gradients overflow; such a step is skipped (not counted, run again) and
+    the loss still falls. Small images and channels: float16 convolutions are ~90x slower than
+    float32 on this CPU (docs/benchmarks.md)."""
+    steps = 150
+    config = cfg.load_config(ROOT + "/configs/quickstart.yaml", tiny_overrides(
+        records, f"train.total_steps={steps}", "train.mixed_precision=mixed_float16", "data.image_size=[64, 64]",
+        "data.batch_size=2", "model.fpn_channels=32", "model.head_channels=32", "model.group_norm_groups=8",
+        "train.log_every=10"))
+    trainer = loop.Trainer(config, str(tmp_path / "run"))
+    history = trainer.train(stream=DEVNULL)
+    scales = [h["loss_scale"] for h in history]
+    skipped = [h for h in history if h["skipped"]]
+    assert scales[0] == 2.0**15
+    assert skipped and min(scales) < scales[0], "the loss scale never moved"
+    pairs = zip(scales[:-1], scales[1:], strict=True)
+    assert all(b in (a, a / 2) for a, b in pairs), "a scale changed other than by halving"
+    assert [h["step"] for h in history if not h["skipped"]] == list(range(1, steps + 1))
+    assert len(history) == steps + len(skipped) and trainer.step == steps
+    first, last = (np.mean([h["total_loss"] for h in window]) for window in (history[:20], history[-20:]))
+    assert last <= 0.6 * first, (first, last)
+    events = tf.io.gfile.glob(str(tmp_path / "run" / "train" / "events.out.tfevents.*"))
+    tags = {value.tag for event in tf.compat.v1.train.summary_iterator(events[0]) for value in event.summary.value}
+    assert "loss_scale" in tags
+
+
 def _train_command(config_path, model_dir, *overrides):
     command = [sys.executable, os.path.join(ROOT, "train_main.py"), f"--config={config_path}",
                f"--model-dir={model_dir}"]

@@ -267,6 +267,8 @@ class Trainer:
         self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
         values["grad_norm"] = norm / replicas  # summed across replicas below
         values["positives_per_image"] = normalizers["num_positives"] / normalizers["num_images"] / replicas
+        if scaled:  # the scale this step's loss was multiplied by; the optimizer has updated it since
+            values["loss_scale"] = scale / replicas
         # identity: a tensor from outside strategy.run has no replica device to reduce onto
         values["stop_requests"] = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.identity(stop))
         return values
@@ -290,7 +292,10 @@ class Trainer:
     def train(self, total_steps=None, stream=None):
         """Trains up to `total_steps` (default config.train.total_steps), resuming from the newest
         readable checkpoint, holding the model dir's lock (checkpoints.ModelDirLock) meanwhile.
-        Returns the per-step history: a list of dicts of floats."""
+        Returns the per-step history: a list of dicts of floats, one per step run, with "step" (the
+        optimizer's count after it) and "skipped" (True for a step the LossScaleOptimizer skipped
+        because its float16 gradients overflowed; such a step is run again, so under mixed_float16
+        the history can be longer than the steps trained)."""
         if self._lock:
             self._lock.acquire()
         try:
@@ -328,7 +333,7 @@ class Trainer:
         bar = ProgressBar(total_steps - start, desc="train", stream=stream)
         history = []
         batch_size = self.config.data.batch_size
-        last_time, last_step = time.perf_counter(), start
+        last_time, last_step, previous_step, window_start = time.perf_counter(), start, start, 0
         previous_sigterm = signal.getsignal(signal.SIGTERM)
         self._stop_requested = False
         signal.signal(signal.SIGTERM, self._request_stop)
@@ -343,18 +348,23 @@ class Trainer:
                         f"saving. The last good checkpoint is {self.manager.latest_checkpoint}. Lower "
                         "train.base_learning_rate, check the data, or use float32 / mixed_bfloat16."
                     )
-                history.append(dict(values, step=step))
-                bar.update(1, **{name.replace("_loss", ""): values[name] for name in loss_names(self.config)})
-                if step % self.config.train.log_every == 0 or step == total_steps:
+                # Under mixed_float16 the LossScaleOptimizer skips a step whose gradients overflowed
+                # (and halves the scale) without counting it: the same step is then run again.
+                advanced = step > previous_step
+                previous_step = step
+                history.append(dict(values, step=step, skipped=not advanced))
+                shown = {name.replace("_loss", ""): values[name] for name in loss_names(self.config)}
+                bar.update(int(advanced), **shown)
+                if advanced and (step % self.config.train.log_every == 0 or step == total_steps):
                     now = time.perf_counter()
                     images_per_second = (step - last_step) * batch_size / max(now - last_time, 1e-9)
-                    window = history[-(step - last_step):]
+                    window = [h for h in history[window_start:] if not h["skipped"]]  # skipped: inf grad_norm
                     means = {k: sum(h[k] for h in window) / len(window) for k in values}
-                    last_time, last_step = now, step
+                    last_time, last_step, window_start = now, step, len(history)
                     self._write_summaries(writer, step, means, images_per_second)
-                if step % self.config.train.checkpoint_every == 0:
+                if advanced and step % self.config.train.checkpoint_every == 0:
                     self.manager.save(checkpoint_number=step)
-                if self.evaluator is not None and step % self.config.train.eval_every == 0:
+                if advanced and self.evaluator is not None and step % self.config.train.eval_every == 0:
                     with writer.as_default(step=step):
                         for name, value in self.evaluator(self.model).items():
                             tf.summary.scalar(f"eval/{name}", value)
@@ -410,6 +420,8 @@ class Trainer:
             tf.summary.scalar("learning_rate", float(learning_rate))
             tf.summary.scalar("positives_per_image", values["positives_per_image"])
             tf.summary.scalar("grad_norm", values["grad_norm"])
+            if "loss_scale" in values:
+                tf.summary.scalar("loss_scale", values["loss_scale"])
             tf.summary.scalar("images_per_second", images_per_second)
 
 
