@@ -80,17 +80,17 @@ def measure(name, batches, images, repeats, workdir):
                               repeats) / batch
         rows.append((batch, raw, full))
         if batch == 1:
-            stages = _stages(config, model, jpegs[0], calls, repeats)
+            stages = _stages(config, forward, jpegs[0], calls, repeats)
     return export_seconds, export.size_on_disk(version) / 2**20, rows, stages
 
 
-def _stages(config, model, jpeg, calls, repeats):
-    """{stage: seconds} of the export's stages at batch 1, as the module docstring lists them."""
+def _stages(config, forward, jpeg, calls, repeats):
+    """{stage: seconds} of the export's stages at batch 1, as the module docstring lists them;
+    forward: the model's forward pass as a tf.function."""
     padded = preprocessing.padded_image_shape(config.data)
     prepare = tf.function(lambda data: preprocessing.preprocess_image(tf.io.decode_image(
         data, channels=3, expand_animations=False), config))
     inputs, resized_size, scale = (t[None] for t in prepare(tf.constant(jpeg)))
-    forward = tf.function(lambda x: model(x, training=False))
     outputs = forward(inputs)
     post = tf.function(lambda o: postprocess_lib.postprocess(o, resized_size, scale, padded, config.polar,
                                                              config.postprocess))

@@ -41,16 +41,16 @@ from polarmask_tf.training import loop  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 IMAGE_SIZE = 512
-MODELS = {  # name: (config file, train batch, overrides)
+MODELS = {  # --models key: (title, config file, train batch, overrides)
     "resnet50": ("ResNet-50", "polarmask_r50_fpn_1x_coco.yaml", 2, ["model.backbone_weights=null"]),
     "mobilenetv2": ("MobileNetV2", "polarmask_mnv2_coco_subset.yaml", 4, []),
 }
 SHORT = {"float32": "fp32", "mixed_bfloat16": "bf16", "mixed_float16": "fp16"}
 
 
-def fixed_batch(config, records):
+def fixed_batch(config):
     """(images float32 [B, 512, 512, 3], PolarMask targets, RetinaNet targets) of the first batch of
-    `records`: RetinaNet's are {"boxes": float32 [B, M, 4] xyxy in resized pixels, "labels":
+    config.data.val_files: RetinaNet's are {"boxes": float32 [B, M, 4] xyxy in resized pixels, "labels":
     float32 [B, M] 0-based}, padded with -1 as keras-hub's label encoder expects."""
     images, targets = next(iter(pipeline.build_dataset(config, training=False)))
     instances = {}
@@ -113,7 +113,7 @@ def measure(model_key, precisions, records, steps, repeats):
             "data.scale_range=null"] + overrides
     variants = {}
     with tempfile.TemporaryDirectory() as work:
-        batch = fixed_batch(cfg.load_config(ROOT / "configs" / config_file, base), records)
+        batch = fixed_batch(cfg.load_config(ROOT / "configs" / config_file, base))
         for precision in precisions:
             mixed = "null" if precision == "float32" else precision
             for box_branch in (True, False):
