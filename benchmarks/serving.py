@@ -1,19 +1,22 @@
 """Serving latency of the SavedModel export next to the raw Keras forward pass, in one process.
 
-    python benchmarks/serving.py [--models mobilenet_v2 resnet50] [--batches 1 8] [--images 8] [--repeats 3]
+    python benchmarks/serving.py [--models mobilenet_v2 resnet50] [--batches 1 8] [--images 8] [--repeats 5]
 
 Per model (random weights, 80 classes): the export's time and size on disk, then per batch size
-the median over repeats (each --images images, in calls of that batch size) of the time per image of
+the time per image (--images images per round, in calls of that batch size) of
 - "forward": the Keras model alone on preprocessed float32 inputs (tf.function, no XLA);
 - "export": serving_default of the reloaded SavedModel, JPEG bytes in (640 x 480 synthetic scenes)
   -> decode, resize, normalise, model, post-processing, polygons and 28 x 28 masks out.
 MobileNetV2 runs at 512 x 512, ResNet-50 at 800 x 800 (export --input_size). The heads are built
 with prior_prob 0.06, above the 0.05 score threshold, so every kept location passes it and NMS
 works on the full max_candidates (2000) set: the expensive end of post-processing.
-At batch 1 the export's time is split into its stages, each timed alone as a tf.function in the
-same process: decode + resize + normalise, forward, post-processing (top-k, scoring, NMS, ray
-decoding), masks (polygons rasterised into 28 x 28 box masks); "rest" is the export's time minus
-their sum (the signature's own cost: map_fn, category lookups, SavedModel call overhead).
+Rounds alternate over everything timed for a batch size (each round: --images images through
+every function in turn), so a slow minute of the machine hits all of them; the table shows the
+median round. At batch 1 the export's time is split into its stages, each timed alone as a
+tf.function in the same rounds: decode + resize + normalise, forward, post-processing (top-k,
+scoring, NMS, ray decoding), masks (polygons rasterised into 28 x 28 box masks); "rest" is the
+export's time minus their sum (the signature's own cost: map_fn, category lookups, SavedModel
+call overhead).
 """
 
 import argparse
@@ -31,7 +34,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from timing import median_seconds  # noqa: E402
+from timing import alternating_medians  # noqa: E402
 
 from polarmask_tf import config as cfg  # noqa: E402
 from polarmask_tf import geometry  # noqa: E402
@@ -74,33 +77,36 @@ def measure(name, batches, images, repeats, workdir):
         inputs = tf.stack([preprocessing.preprocess_image(tf.io.decode_jpeg(data), config)[0]
                            for data in jpegs[:batch]])
         request = tf.constant(jpegs[:batch])
-        calls = max(1, images // batch)
-        raw = median_seconds(lambda inputs=inputs: forward(inputs)["rays"].numpy(), calls, repeats) / batch
-        full = median_seconds(lambda request=request: served(image_bytes=request)["num_detections"].numpy(), calls,
-                              repeats) / batch
-        rows.append((batch, raw, full))
+        fns = {
+            "forward": lambda inputs=inputs: forward(inputs)["rays"].numpy(),
+            "export": lambda request=request: served(image_bytes=request)["num_detections"].numpy(),
+        }
         if batch == 1:
-            stages = _stages(config, forward, jpegs[0], calls, repeats)
+            fns.update(_stage_fns(config, forward, jpegs[0], inputs))
+        seconds = {name: value / batch for name, value in
+                   alternating_medians(fns, max(1, images // batch), repeats).items()}
+        rows.append((batch, seconds["forward"], seconds["export"]))
+        if batch == 1:
+            stages = {name: seconds[name] for name in ("decode + resize", "forward", "post-processing", "masks")}
     return export_seconds, export.size_on_disk(version) / 2**20, rows, stages
 
 
-def _stages(config, forward, jpeg, calls, repeats):
-    """{stage: seconds} of the export's stages at batch 1, as the module docstring lists them;
-    forward: the model's forward pass as a tf.function."""
+def _stage_fns(config, forward, jpeg, inputs):
+    """{stage: callable} for the export's stages at batch 1 but the forward pass, as the module
+    docstring lists them; forward: the model's forward pass as a tf.function, inputs its input."""
     padded = preprocessing.padded_image_shape(config.data)
     prepare = tf.function(lambda data: preprocessing.preprocess_image(tf.io.decode_image(
         data, channels=3, expand_animations=False), config))
-    inputs, resized_size, scale = (t[None] for t in prepare(tf.constant(jpeg)))
+    _, resized_size, scale = (t[None] for t in prepare(tf.constant(jpeg)))
     outputs = forward(inputs)
     post = tf.function(lambda o: postprocess_lib.postprocess(o, resized_size, scale, padded, config.polar,
                                                              config.postprocess))
     found = post(outputs)
     masks = tf.function(lambda polygons, boxes: geometry.box_masks(polygons, boxes, 28))
     return {
-        "decode + resize": median_seconds(lambda: prepare(tf.constant(jpeg))[0].numpy(), calls, repeats),
-        "forward": median_seconds(lambda: forward(inputs)["rays"].numpy(), calls, repeats),
-        "post-processing": median_seconds(lambda: post(outputs)["num_detections"].numpy(), calls, repeats),
-        "masks": median_seconds(lambda: masks(found["polygons"], found["boxes"]).numpy(), calls, repeats),
+        "decode + resize": lambda: prepare(tf.constant(jpeg))[0].numpy(),
+        "post-processing": lambda: post(outputs)["num_detections"].numpy(),
+        "masks": lambda: masks(found["polygons"], found["boxes"]).numpy(),
     }
 
 
@@ -108,11 +114,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--images", type=int, default=8, help="images per repeat")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--images", type=int, default=8, help="images per function per round")
+    parser.add_argument("--repeats", type=int, default=5, help="rounds; the median round is reported")
     args = parser.parse_args()
-    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs; median of {args.repeats} repeats of "
-          f"{args.images} images; ms per image")
+    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs; median of {args.repeats} alternating rounds "
+          f"of {args.images} images; ms per image")
     print(f"{'model':<13} {'input':>7} {'export s':>9} {'MiB':>6} "
           f"{'batch':>5} {'forward':>9} {'export':>9} {'ratio':>6}")
     workdir = tempfile.mkdtemp(prefix="serving-bench-")

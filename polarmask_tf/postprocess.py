@@ -45,26 +45,32 @@ import tensorflow as tf
 from polarmask_tf import geometry
 from polarmask_tf.modeling import pyramid
 
-NMS_TILE_SIZE = 256
+NMS_TILE_SIZE = 128
 """Candidates are suppressed tile by tile, so NMS needs O(tile x candidates) memory, not candidates^2."""
 
 PADDED_CLASS = -1
 """The class of padding slots (index >= num_detections) in every detection output of this project."""
 
 
+def location_rank(cls_logits, centerness_logits):
+    """The per-level top-k key of every location (spec section 3): max_c sigmoid(cls_c) * sigmoid(ctr),
+    no centerness offset. cls_logits: float32 [..., C]; centerness_logits: float32 [...] -> float32 [...].
+    The sigmoid is monotone, so it is taken of the largest logit: C times fewer sigmoids."""
+    cls_logits = tf.cast(cls_logits, tf.float32)
+    return tf.sigmoid(tf.reduce_max(cls_logits, axis=-1)) * tf.sigmoid(tf.cast(centerness_logits, tf.float32))
+
+
 def scoring(cls_logits, centerness_logits, centerness_offset=0.5):
-    """The original's per-location numbers (spec section 3).
+    """The original's per-(location, class) numbers (spec section 3).
 
     cls_logits: float32 [..., C] class logits; centerness_logits: float32 [...].
     Returns float32 tensors:
       probs  [..., C]  sigmoid(cls): the value compared with the score threshold;
-      rank   [...]     max_c probs * sigmoid(ctr): the per-level top-k key (no offset);
       scores [..., C]  probs * (sigmoid(ctr) + centerness_offset): the detection scores.
     """
     probs = tf.sigmoid(tf.cast(cls_logits, tf.float32))
     centerness = tf.sigmoid(tf.cast(centerness_logits, tf.float32))
-    rank = tf.reduce_max(probs, axis=-1) * centerness
-    return probs, rank, probs * (centerness[..., None] + centerness_offset)
+    return probs, probs * (centerness[..., None] + centerness_offset)
 
 
 def pairwise_iou(boxes_a, boxes_b, plus_one=False):
@@ -178,6 +184,45 @@ def class_aware_nms(boxes, classes, valid, iou_threshold=0.5, rule="greater", pl
     return tf.gather(tf.reshape(keep, [batch, num_tiles * tile])[:, :num], inverse, batch_dims=1)
 
 
+def class_offset_nms(boxes, classes, valid, iou_threshold=0.5, rule="greater", plus_one=False):
+    """`class_aware_nms` through TensorFlow's greedy NMS kernel (NonMaxSuppressionV4, the TFLite
+    built-in NON_MAX_SUPPRESSION_V4), for graphs without while loops: the LiteRT export, whose int8
+    calibration cannot run the tiled NMS's loops.
+
+    Same arguments and result; only rule "greater" without plus_one (the kernel's own rule).
+    Classes are kept apart by shifting each class's boxes by class x (the largest |coordinate| + 1),
+    so boxes of two classes never overlap; the shift rounds coordinates to the float32 spacing at
+    its size (about 0.008 px at 80 classes of a 1333 px image), so an IoU within about 1e-3 of the
+    threshold can be decided differently from class_aware_nms. The kernel visits the candidates in
+    the given order (scores M - position, strictly decreasing) and never takes invalid ones.
+    """
+    if rule != "greater" or plus_one:
+        raise ValueError("class_offset_nms implements nms_rule 'greater' without nms_plus_one only "
+                         f"(got {rule!r}, plus_one={plus_one})")
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    classes = tf.convert_to_tensor(classes, tf.int32)
+    valid = tf.convert_to_tensor(valid, tf.bool)
+    num = boxes.shape[1]
+    if num is None or boxes.shape[0] is None:
+        raise ValueError("class_offset_nms needs a static batch size and number of candidates M")
+    # A box without area has IoU 0 with every box, so it survives and suppresses nothing; it is kept
+    # out of the kernel, because TFLite's NMS kernel mishandles zero-area boxes (boxes clipped to the
+    # image edge are such): it then suppresses or keeps boxes that do not overlap at all.
+    flat = (boxes[..., 2] <= boxes[..., 0]) | (boxes[..., 3] <= boxes[..., 1])
+    surrogate = tf.where(valid & ~flat, tf.cast(num - tf.range(num), tf.float32)[None, :], 0.0)
+    extent = tf.reduce_max(tf.where(valid[..., None], tf.abs(boxes), 0.0), axis=[1, 2], keepdims=True) + 1.0
+    shifted = boxes + tf.cast(tf.maximum(classes, 0), tf.float32)[..., None] * extent
+    keep = []
+    for b in range(boxes.shape[0]):
+        selected, count = tf.raw_ops.NonMaxSuppressionV4(
+            boxes=tf.gather(shifted[b], [1, 0, 3, 2], axis=-1), scores=surrogate[b], max_output_size=num,
+            iou_threshold=iou_threshold, score_threshold=0.5, pad_to_max_output_size=True)
+        slots = tf.where(tf.range(num) < count, selected, num)  # padding goes to a spare slot
+        hits = tf.scatter_nd(slots[:, None], tf.ones([num], tf.int32), [num + 1])[:num]
+        keep.append(hits > 0)
+    return tf.stack(keep) | (valid & flat)
+
+
 def _to_original(xy, resized_size, scale, rescale):
     """Points float32 [B, ..., 2] (x, y) in the network input's pixels -> original-image pixels,
     clipped to the image.
@@ -203,7 +248,7 @@ def _gather(values, indices):
 
 def top_locations(rank, padded_shape, pre_nms_top_k):
     """Stage 1: per level, the `pre_nms_top_k` locations with the largest rank (all of a level that
-    has no more). rank: float32 [B, P] (`scoring`). Returns location indices int32 [B, L], levels
+    has no more). rank: float32 [B, P] (`location_rank`). Returns location indices int32 [B, L], levels
     in P3 -> P7 order."""
     batch = tf.shape(rank)[0]
     kept, start = [], 0
@@ -221,15 +266,16 @@ def top_candidates(probs, scores, location, score_threshold, max_candidates):
     """Stage 2: the (location, class) pairs of the kept locations whose class probability exceeds
     `score_threshold`, the `max_candidates` highest-scoring first (a static count M).
 
-    probs, scores: float32 [B, P, C] (`scoring`); location: int32 [B, L] (`top_locations`).
+    probs, scores: float32 [B, L, C] (`scoring` of the kept locations); location: int32 [B, L], their
+    indices (`top_locations`).
     Returns a dict: scores float32 [B, M] (descending, -inf for padding), valid bool [B, M],
     location int32 [B, M], class_index int32 [B, M] (label - 1), num_candidates int32 [B] (pairs
     above the threshold before the cap).
     """
     batch, num_classes = tf.shape(probs)[0], probs.shape[-1]
     num_pairs = location.shape[1] * num_classes
-    passed = tf.reshape(_gather(probs, location) > score_threshold, [batch, num_pairs])
-    pair_scores = tf.where(passed, tf.reshape(_gather(scores, location), [batch, num_pairs]), -np.inf)
+    passed = tf.reshape(probs > score_threshold, [batch, num_pairs])
+    pair_scores = tf.where(passed, tf.reshape(scores, [batch, num_pairs]), -np.inf)
     candidate_scores, pair = tf.math.top_k(pair_scores, k=min(max_candidates, num_pairs))
     return {
         "scores": candidate_scores,
@@ -300,7 +346,8 @@ def effective_box_source(postprocess_config, outputs):
     return source
 
 
-def postprocess(outputs, resized_size, scale, padded_shape, polar_config, postprocess_config):
+def postprocess(outputs, resized_size, scale, padded_shape, polar_config, postprocess_config,
+                nms=class_aware_nms):
     """Detections from the model's dense outputs, K = postprocess_config.max_detections per image.
 
     outputs: the model's dict (modeling.model.build_model): "cls_logits" float32 [B, P, C],
@@ -311,10 +358,12 @@ def postprocess(outputs, resized_size, scale, padded_shape, polar_config, postpr
     scale: float32 [B, 2], (sy, sx) = resized / original size (modeling.preprocessing).
     padded_shape: static (Hp, Wp) of the network input, pixels.
     polar_config: config.PolarConfig (the location grid). postprocess_config: config.PostprocessConfig.
+    nms: class_aware_nms, or class_offset_nms for a graph without while loops (the LiteRT export).
 
-    Stages: scoring -> top_locations -> top_candidates -> boxes (box_branch_boxes or the polygons'
-    extent, effective_box_source), mapped to original pixels -> class_aware_nms -> select_detections -> polygons of the
-    detections (decoded from their rays only, unless they were needed for the boxes).
+    Stages: location_rank -> top_locations -> scoring of the kept locations -> top_candidates ->
+    boxes (box_branch_boxes or the polygons' extent, effective_box_source), mapped to original
+    pixels -> class_aware_nms -> select_detections -> polygons of the detections (decoded from
+    their rays only, unless they were needed for the boxes).
 
     Returns a dict; entries at index >= num_detections are padding with score 0, class
     PADDED_CLASS (-1) and all-zero boxes and polygons:
@@ -344,9 +393,10 @@ def postprocess(outputs, resized_size, scale, padded_shape, polar_config, postpr
         polygons = geometry.rays_to_polygon(tf.gather(points, location), _gather(rays, location))
         return _to_original(polygons, resized_size, scale, cfg.rescale)
 
-    probs, rank, scores = scoring(cls_logits, outputs["centerness"], cfg.centerness_offset)
-    candidates = top_candidates(probs, scores, top_locations(rank, padded_shape, cfg.pre_nms_top_k),
-                                cfg.score_threshold, cfg.max_candidates)
+    centerness = tf.convert_to_tensor(outputs["centerness"], tf.float32)
+    location = top_locations(location_rank(cls_logits, centerness), padded_shape, cfg.pre_nms_top_k)
+    probs, scores = scoring(_gather(cls_logits, location), _gather(centerness, location), cfg.centerness_offset)
+    candidates = top_candidates(probs, scores, location, cfg.score_threshold, cfg.max_candidates)
     candidate_polygons = None
     if box_source == "box_branch":
         slots = candidates["scores"].shape[1]
@@ -356,8 +406,8 @@ def postprocess(outputs, resized_size, scale, padded_shape, polar_config, postpr
     else:
         candidate_polygons = polygons_at(candidates["location"])
         boxes = polygon_extent(candidate_polygons)
-    keep = class_aware_nms(boxes, candidates["class_index"], candidates["valid"], cfg.nms_iou_threshold,
-                           cfg.nms_rule, cfg.nms_plus_one)
+    keep = nms(boxes, candidates["class_index"], candidates["valid"], cfg.nms_iou_threshold, cfg.nms_rule,
+               cfg.nms_plus_one)
     detections = select_detections(keep, candidates, boxes, cfg.max_detections)
 
     index = detections.pop("index")

@@ -110,7 +110,8 @@ def test_tv12_with_the_original_rules(spec_vectors, mode):
 
 def test_tv9_scoring():
     logit = lambda p: np.log(p / (1 - p))  # noqa: E731
-    probs, rank, scores = pp.scoring(tf.constant([[logit(0.6)]]), tf.constant([logit(0.5)]))
+    probs, scores = pp.scoring(tf.constant([[logit(0.6)]]), tf.constant([logit(0.5)]))
+    rank = pp.location_rank(tf.constant([[logit(0.6), logit(0.2)]]), tf.constant([logit(0.5)]))
     assert probs.numpy()[0, 0] == pytest.approx(0.6, abs=1e-6)
     assert rank.numpy()[0] == pytest.approx(0.30, abs=1e-6)  # the pre-NMS top-k key has no offset
     assert scores.numpy()[0, 0] == pytest.approx(0.60, abs=1e-6)
@@ -267,7 +268,7 @@ def greedy_nms(boxes, classes, valid, threshold, rule, plus_one):
 def test_nms_equals_sequential_greedy_nms_across_tiles(rule, plus_one, num_classes):
     """Few classes: every class spans several tiles. Many: most tiles need no earlier tile."""
     rng = np.random.default_rng(1)
-    count = pp.NMS_TILE_SIZE * 2 + 77
+    count = 4 * pp.NMS_TILE_SIZE + 77
     xy = rng.uniform(0, 60, (2, count, 2)).astype(np.float32)
     boxes = np.round(np.concatenate([xy, xy + rng.uniform(4, 20, (2, count, 2))], -1)).astype(np.float32)
     classes = rng.integers(0, num_classes, (2, count)).astype(np.int32)

@@ -133,12 +133,15 @@ def expected_errors():
     project that describes bad input is a ValueError (ConfigError, CheckpointMismatchError,
     ConversionError, InvalidAnnotationsError, UsageError, ...), files that are missing, exist already
     or cannot be read are OSErrors; a diverging training run is NonFiniteLossError, a model dir whose
-    checkpoints cannot be restored CheckpointError, one another training holds ModelDirLocked."""
+    checkpoints cannot be restored CheckpointError, one another training holds ModelDirLocked, a
+    LiteRT conversion that fails TFLiteConversionError."""
     from polarmask_tf.checkpoints import CheckpointError, ModelDirLocked
     from polarmask_tf.serving.client import ServingError
+    from polarmask_tf.serving.tflite import TFLiteConversionError
     from polarmask_tf.training.loop import NonFiniteLossError
 
-    return ValueError, OSError, NonFiniteLossError, ServingError, CheckpointError, ModelDirLocked
+    return (ValueError, OSError, NonFiniteLossError, ServingError, CheckpointError, ModelDirLocked,
+            TFLiteConversionError)
 
 
 def guarded(command, args, stream):

@@ -1,7 +1,15 @@
-"""polarmask-export: exports a trained PolarMask as a SavedModel for TensorFlow Serving.
+"""polarmask-export: exports a trained PolarMask as a SavedModel for TensorFlow Serving, or as
+LiteRT (TFLite) files for devices.
 
     polarmask-export --model-dir runs/quickstart --export-dir exports/polarmask [--version 1]
         [--config C] [--max-detections K] [--score-threshold T] [--input-size S] [--mask-size M]
+    polarmask-export --model-dir runs/quickstart --export-dir exports/tflite \
+        --tflite float32 float16 int8 [--representative-images 100] [--input-size S]
+
+--tflite writes EXPORT_DIR/polarmask_<quantization>.tflite for each quantization named, with
+labels.json and config.yaml beside them (polarmask-predict --tflite reads both); int8 calibrates
+on the first --representative-images images of the config's data.train_files. The contract is in
+polarmask_tf/serving/tflite.py; EXPORT_DIR is local.
 
 Writes EXPORT_DIR/VERSION in TF Serving's layout (with warm-up requests in assets.extra/) and an
 example models.config and batching_parameters.txt in EXPORT_DIR. The signatures, outputs and
@@ -38,6 +46,10 @@ def build_parser():
     parser.add_argument("--model-name", default="polarmask",
                         help="model name in models.config and the warm-up requests")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing version directory")
+    parser.add_argument("--tflite", nargs="+", metavar="QUANTIZATION", choices=("float32", "float16", "int8"),
+                        help="write LiteRT files (float32, float16, int8) instead of a SavedModel")
+    parser.add_argument("--representative-images", type=common.positive_int, default=100,
+                        help="int8: calibration images from data.train_files (default 100)")
     return parser
 
 
@@ -59,6 +71,8 @@ def export_model(args, stream):
                                      args.input_size)
     label_map = common.label_map(args, config)
     model = inference.load_model(config, common.model_source(args))
+    if args.tflite:
+        return _export_tflite(args, config, label_map, model, stream)
     start = time.perf_counter()
     path = export.export(config, model, label_map, args.export_dir, args.version, args.mask_size,
                          args.max_image_pixels or export.DEFAULT_MAX_IMAGE_PIXELS, args.model_name, args.overwrite)
@@ -71,6 +85,27 @@ def export_model(args, stream):
     print(f"  categories: {', '.join(c.name for c in label_map.categories)}", file=stream)
     print(f"  TF Serving configs: {os.path.join(args.export_dir, 'models.config')}, "
           f"{os.path.join(args.export_dir, 'batching_parameters.txt')}", file=stream)
+    return 0
+
+
+def _export_tflite(args, config, label_map, model, stream):
+    from polarmask_tf.serving import tflite
+
+    if "://" in args.export_dir:
+        raise common.UsageError("--tflite writes to a local --export-dir (copy the files anywhere afterwards)")
+    representative = None
+    if "int8" in args.tflite:
+        representative = tflite.representative_inputs(config, config.data.train_files, args.representative_images)
+        print(f"int8 calibration: {len(representative['image'])} images of {config.data.train_files}", file=stream)
+    start = time.perf_counter()
+    paths = tflite.export_tflite(config, model, label_map, args.export_dir, args.tflite, representative)
+    print(f"exported in {time.perf_counter() - start:.1f} s:", file=stream)
+    for quantization, path in paths.items():
+        size = os.path.getsize(path) / 2**20  # local: --tflite writes to a local directory (checked above)
+        print(f"  {path}  {size:.2f} MiB ({quantization})", file=stream)
+    height, width = tflite.input_shape(config)
+    print(f"  inputs: image uint8 [1, {height}, {width}, 3], resized_size int32 [1, 2], scale float32 [1, 2]; "
+          f"outputs: {', '.join(tflite.OUTPUT_NAMES)}", file=stream)
     return 0
 
 

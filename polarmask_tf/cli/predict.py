@@ -1,6 +1,7 @@
 """polarmask-predict: runs a trained PolarMask on image files and saves overlays, or shows the targets of TFRecords.
 
     polarmask-predict --model-dir runs/quickstart --images 'photos/*.jpg' --output-dir out
+    polarmask-predict --tflite exports/tflite/polarmask_int8.tflite --images 'photos/*.jpg' --output-dir out
     polarmask-predict --config configs/quickstart.yaml --show-targets \\
         --images 'data/synthetic/tfrecords/train-*.tfrecord' --output-dir out --max-images 8
 
@@ -17,6 +18,10 @@ encode targets: data.pipeline.make_example_fn, no augmentation) and each is draw
 `targets-<image id>.png`: positive locations coloured by FPN level and, per instance, the polygon
 decoded from the rays of its most central positive. The check to make on your own data before
 training.
+
+--tflite runs a LiteRT file of polarmask-export --tflite (polarmask_tf.serving.tflite_runner, one
+image at a time) instead of a checkpoint; its config and class names default to the config.yaml
+and labels.json beside the file.
 
 The config defaults to config.yaml of the model dir; class names come from
 --label-map, else from the model dir's labels.json, else from the `<prefix>-labels.json` that
@@ -116,8 +121,13 @@ def predict_images(args, config, stream):
                 skipped += 1
                 print(f"skipped: {error}", file=stream)
         if loaded and predictor is None:
-            predictor = inference.Predictor(config, inference.load_model(config, common.model_source(args)),
-                                            args.batch_size)
+            if args.tflite:
+                from polarmask_tf.serving import tflite_runner
+
+                predictor = tflite_runner.TFLiteDetector(args.tflite, config)
+            else:
+                predictor = inference.Predictor(config, inference.load_model(config, common.model_source(args)),
+                                                args.batch_size)
             fileio.makedirs(args.output_dir)
         detections = predictor.predict([image for _, image in loaded]) if loaded else []
         for (path, image), found in zip(loaded, detections, strict=True):
@@ -183,10 +193,31 @@ def build_parser():
     parser.add_argument("--max-images", type=common.positive_int, default=None,
                         help="only the first N inputs (targets: default 8)")
     parser.add_argument("--batch-size", type=common.positive_int, default=4)
+    parser.add_argument("--tflite", help="a .tflite file of polarmask-export --tflite to run instead of a checkpoint")
     return parser
 
 
+def _tflite_config(args):
+    """The config of a --tflite run (--config, else config.yaml beside the file, then --set); sets
+    args.label_map to the labels.json beside the file when none is given and it exists."""
+    from polarmask_tf import config as cfg
+    from polarmask_tf.serving import tflite
+
+    if args.show_targets or common.model_source(args) is not None:
+        raise common.UsageError("--tflite runs the file alone: drop --show-targets, --model-dir and --checkpoint")
+    directory = os.path.dirname(os.path.abspath(args.tflite))
+    config_path = args.config or os.path.join(directory, tflite.CONFIG_FILE)
+    if not os.path.isfile(config_path):  # local: the LiteRT interpreter reads local files only
+        raise cfg.ConfigError(f"no config: pass --config ({args.tflite} has no {tflite.CONFIG_FILE} beside it)")
+    labels = os.path.join(directory, tflite.LABELS_FILE)
+    if args.label_map is None and os.path.isfile(labels):  # local: as above
+        args.label_map = labels
+    return cfg.load_config(config_path, args.set)
+
+
 def predict(args, stream):
+    if args.tflite:
+        return predict_images(args, _tflite_config(args), stream)
     if not args.show_targets and common.model_source(args) is None:
         raise common.UsageError("--model-dir (or --checkpoint) is required, except with --show-targets")
     config = common.load_model_config(args)
