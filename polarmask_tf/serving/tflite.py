@@ -132,9 +132,10 @@ def detection_module(config, model):
 
 
 def representative_inputs(config, train_files, count):
-    """`count` inputs (letterbox) of the first decodable images of TFRecord shards (a glob),
-    as the int8 calibration data: a dict of numpy arrays stacked along a leading axis of `count`
-    (fewer when the shards hold fewer images). ValueError when the glob matches no shard."""
+    """`count` inputs (letterbox) of the first images of TFRecord shards (a glob), as the int8
+    calibration data: a dict of numpy arrays stacked along a leading axis of `count` (fewer when
+    the shards hold fewer images). The shards are polarmask-create-tfrecords output, whose images
+    were decoded when written; ValueError when the glob matches no shard."""
     from polarmask_tf.data import pipeline, tfrecord
 
     shards = pipeline.list_shards(train_files)
