@@ -184,6 +184,14 @@ def class_aware_nms(boxes, classes, valid, iou_threshold=0.5, rule="greater", pl
     return tf.gather(tf.reshape(keep, [batch, num_tiles * tile])[:, :num], inverse, batch_dims=1)
 
 
+def check_offset_nms_rule(rule, plus_one):
+    """ValueError unless `class_offset_nms` can apply postprocess.nms_rule `rule` and nms_plus_one
+    `plus_one`: the NMS kernel's rule, "greater" without plus_one, only."""
+    if rule != "greater" or plus_one:
+        raise ValueError("class_offset_nms (the LiteRT export's NMS) implements nms_rule 'greater' without "
+                         f"nms_plus_one only, got nms_rule {rule!r}, nms_plus_one {plus_one}")
+
+
 def class_offset_nms(boxes, classes, valid, iou_threshold=0.5, rule="greater", plus_one=False):
     """`class_aware_nms` through TensorFlow's greedy NMS kernel (NonMaxSuppressionV4, the TFLite
     built-in NON_MAX_SUPPRESSION_V4), for graphs without while loops: the LiteRT export, whose int8
@@ -196,9 +204,7 @@ def class_offset_nms(boxes, classes, valid, iou_threshold=0.5, rule="greater", p
     threshold can be decided differently from class_aware_nms. The kernel visits the candidates in
     the given order (scores M - position, strictly decreasing) and never takes invalid ones.
     """
-    if rule != "greater" or plus_one:
-        raise ValueError("class_offset_nms implements nms_rule 'greater' without nms_plus_one only "
-                         f"(got {rule!r}, plus_one={plus_one})")
+    check_offset_nms_rule(rule, plus_one)
     boxes = tf.convert_to_tensor(boxes, tf.float32)
     classes = tf.convert_to_tensor(classes, tf.int32)
     valid = tf.convert_to_tensor(valid, tf.bool)
@@ -362,7 +368,7 @@ def postprocess(outputs, resized_size, scale, padded_shape, polar_config, postpr
 
     Stages: location_rank -> top_locations -> scoring of the kept locations -> top_candidates ->
     boxes (box_branch_boxes or the polygons' extent, effective_box_source), mapped to original
-    pixels -> class_aware_nms -> select_detections -> polygons of the detections (decoded from
+    pixels -> nms -> select_detections -> polygons of the detections (decoded from
     their rays only, unless they were needed for the boxes).
 
     Returns a dict; entries at index >= num_detections are padding with score 0, class

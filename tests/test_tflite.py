@@ -8,8 +8,10 @@ not decided by rounding at the score threshold (an untrained head puts every pro
 prior, where float16 or int8 rounding of one bias flips hundreds of pairs at once).
 """
 
+import json
 import os
 
+import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -218,8 +220,6 @@ def test_bad_input_gives_a_clear_error(exported, tmp_path):
 
 def test_predict_command_runs_a_tflite_file(exported, held_out, tmp_path):
     _, _, paths, _, directory = exported
-    import cv2
-
     photo = tmp_path / "scene.png"
     cv2.imwrite(str(photo), held_out[0][..., ::-1])
     lines = []
@@ -235,8 +235,6 @@ def test_predict_command_runs_a_tflite_file(exported, held_out, tmp_path):
                                    str(tmp_path / "out"), "--score-threshold", "0.0"], stream=Stream())
     assert status == 0
     assert (tmp_path / "out" / "scene.png").exists()
-    import json
-
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results and {r["category_name"] for r in results} <= {f"shape {k}" for k in range(1, 8)}
     assert (directory / tflite.LABELS_FILE).exists() and (directory / tflite.CONFIG_FILE).exists()

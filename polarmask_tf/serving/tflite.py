@@ -105,11 +105,9 @@ def letterbox(image, config):
 
 def detection_module(config, model):
     """A tf.Module whose `detect` is the contract's function (module docstring), for conversion.
-    ValueError for a postprocess.nms_rule or nms_plus_one that class_offset_nms cannot apply."""
-    if config.postprocess.nms_rule != "greater" or config.postprocess.nms_plus_one:
-        raise ValueError("the LiteRT export applies NMS with nms_rule 'greater' and no nms_plus_one only "
-                         f"(the config has {config.postprocess.nms_rule!r}, plus_one "
-                         f"{config.postprocess.nms_plus_one}): export with those defaults")
+    ValueError for a postprocess.nms_rule or nms_plus_one that class_offset_nms cannot apply
+    (checked here, before tracing, so the message is not buried in a trace)."""
+    postprocess_lib.check_offset_nms_rule(config.postprocess.nms_rule, config.postprocess.nms_plus_one)
     height, width = input_shape(config)
     rule = preprocessing.input_normalization(config)
     signature = [tf.TensorSpec([1, height, width, 3], tf.uint8, name="image"),
