@@ -1,6 +1,6 @@
 """Serving latency of the SavedModel export next to the raw Keras forward pass, in one process.
 
-    python benchmarks/serving.py [--models mobilenet_v2 resnet50] [--batches 1 8] [--images 8] [--repeats 5]
+    python benchmarks/serving.py [--models mobilenet_v2 resnet50] [--batches 1 8] [--images 8] [--repeats 15]
 
 Per model (random weights, 80 classes): the export's time and size on disk, then per batch size
 the time per image (--images images per round, in calls of that batch size) of
@@ -12,7 +12,9 @@ with prior_prob 0.06, above the 0.05 score threshold, so every kept location pas
 works on the full max_candidates (2000) set: the expensive end of post-processing.
 Rounds alternate over everything timed for a batch size (each round: --images images through
 every function in turn), so a slow minute of the machine hits all of them; the table shows the
-median round. At batch 1 the export's time is split into its stages, each timed alone as a
+median round, and "ratio" is the median over the rounds of export / forward within a round (the
+machine's speed drifts by 10 % between rounds here; a ratio of two medians would carry that).
+At batch 1 the export's time is split into its stages, each timed alone as a
 tf.function in the same rounds: decode + resize + normalise, forward, post-processing (top-k,
 scoring, NMS, ray decoding), masks (polygons rasterised into 28 x 28 box masks); "rest" is the
 export's time minus their sum (the signature's own cost: map_fn, category lookups, SavedModel
@@ -23,6 +25,7 @@ import argparse
 import os
 import pathlib
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -34,7 +37,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from timing import alternating_medians  # noqa: E402
+from timing import alternating_rounds, paired_ratio  # noqa: E402
 
 from polarmask_tf import config as cfg  # noqa: E402
 from polarmask_tf import geometry  # noqa: E402
@@ -83,9 +86,9 @@ def measure(name, batches, images, repeats, workdir):
         }
         if batch == 1:
             fns.update(_stage_fns(config, forward, jpegs[0], inputs))
-        seconds = {name: value / batch for name, value in
-                   alternating_medians(fns, max(1, images // batch), repeats).items()}
-        rows.append((batch, seconds["forward"], seconds["export"]))
+        rounds = alternating_rounds(fns, max(1, images // batch), repeats)
+        seconds = {name: statistics.median(values) / batch for name, values in rounds.items()}
+        rows.append((batch, seconds["forward"], seconds["export"], paired_ratio(rounds["export"], rounds["forward"])))
         if batch == 1:
             stages = {name: seconds[name] for name in ("decode + resize", "forward", "post-processing", "masks")}
     return export_seconds, export.size_on_disk(version) / 2**20, rows, stages
@@ -115,7 +118,7 @@ def main():
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--images", type=int, default=8, help="images per function per round")
-    parser.add_argument("--repeats", type=int, default=5, help="rounds; the median round is reported")
+    parser.add_argument("--repeats", type=int, default=15, help="rounds; the median round is reported")
     args = parser.parse_args()
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs; median of {args.repeats} alternating rounds "
           f"of {args.images} images; ms per image")
@@ -126,9 +129,9 @@ def main():
     try:
         for name in args.models:
             seconds, mib, rows, stages = measure(name, args.batches, args.images, args.repeats, workdir)
-            for batch, raw, full in rows:
+            for batch, raw, full, ratio in rows:
                 print(f"{name:<13} {MODELS[name][1]:>7} {seconds:>9.1f} {mib:>6.1f} {batch:>5} "
-                      f"{raw * 1e3:>9.1f} {full * 1e3:>9.1f} {full / raw:>6.2f}")
+                      f"{raw * 1e3:>9.1f} {full * 1e3:>9.1f} {ratio:>6.2f}")
                 if batch == 1:
                     breakdowns.append((name, full, stages))
         for name, full, stages in breakdowns:

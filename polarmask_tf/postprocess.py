@@ -95,24 +95,30 @@ def pairwise_iou(boxes_a, boxes_b, plus_one=False):
     return tf.math.divide_no_nan(intersection, union)
 
 
-def class_aware_nms(boxes, classes, valid, iou_threshold=0.5, rule="greater", plus_one=False):
+def _nms_capacity(max_keep, num):
+    """Survivors an NMS of `num` candidates stops at: max_keep clamped to 1..num (None: num)."""
+    return num if max_keep is None else max(1, min(int(max_keep), num))
+
+
+def class_aware_nms(boxes, classes, valid, iou_threshold=0.5, rule="greater", plus_one=False, max_keep=None):
     """Greedy non-maximum suppression within each class, with static shapes.
 
     boxes: float32 [B, M, 4] (x1, y1, x2, y2), in descending score order (the greedy order).
     classes: int32 [B, M]. valid: bool [B, M], False for padding candidates (they neither survive nor
     suppress). rule: "greater" suppresses at IoU > iou_threshold, "greater_equal" at IoU >= it.
-    Returns keep bool [B, M]: candidate i survives when it is valid and no surviving candidate j < i
-    of its class overlaps it beyond the threshold, which is exactly sequential greedy NMS per class.
+    max_keep: stop after this many survivors per image (None: M).
+    Returns keep bool [B, M]: the first max_keep survivors of sequential greedy NMS per class
+    (candidate i survives when it is valid and no surviving candidate j < i of its class overlaps it
+    beyond the threshold); every later candidate is False.
 
-    Tiles of NMS_TILE_SIZE candidates are settled in order: first every candidate of the tile that a
-    survivor of an earlier tile suppresses is dropped, then keep_i = alive_i and not any_{j<i in tile}
-    (keep_j and j suppresses i) is iterated to its fixed point. Candidate i's value is final after at
-    most i + 1 passes (it depends only on earlier ones), so the iteration ends, and its fixed point
-    is the greedy result; the passes needed are the length of the longest suppression chain, a few
-    in practice. The candidates are first grouped by class (valid ones first, greedy order kept
-    within a class) and the permutation is undone at the end, so a tile is compared only with the
-    earlier tiles that hold its first class: with many classes most tiles need no earlier tile, with
-    one class this is n(n + 1)/2 tile x tile IoU blocks for the n tiles holding valid candidates.
+    Tiles of NMS_TILE_SIZE candidates are settled in order, and each tile's survivors are appended
+    to a buffer of max_keep slots: first every candidate of the tile that a buffered survivor
+    suppresses is dropped, then keep_i = alive_i and not any_{j<i in tile} (keep_j and j suppresses
+    i) is iterated to its fixed point. Candidate i's value is final after at most i + 1 passes (it
+    depends only on earlier ones), so the iteration ends, and its fixed point is the greedy result;
+    the passes needed are the length of the longest suppression chain, a few in practice. The loop
+    stops once every image has max_keep survivors, so the cost is at most M x (max_keep + tile)
+    IoUs and, when survivors are many (e.g. many classes), only the first few tiles are settled.
     """
     if rule not in ("greater", "greater_equal"):
         raise ValueError(f"unknown NMS rule {rule!r}: use 'greater' or 'greater_equal'")
@@ -125,45 +131,28 @@ def class_aware_nms(boxes, classes, valid, iou_threshold=0.5, rule="greater", pl
         raise ValueError("class_aware_nms needs a static number of candidates M")
     if num == 0:
         return valid
-    # Suppression never crosses classes, so candidates are grouped by class (stable: the greedy
-    # order is kept within each class) and a tile is compared only with the earlier tiles that
-    # hold its classes, not with every earlier tile.
-    position = tf.range(num)[None, :]
-    order = tf.argsort(tf.where(valid, classes, tf.reduce_max(classes) + 1) * num + position, axis=1, stable=True)
-    inverse = tf.argsort(order, axis=1)
-    boxes, classes, valid = (tf.gather(x, order, batch_dims=1) for x in (boxes, classes, valid))
+    capacity = _nms_capacity(max_keep, num)
     tile = min(NMS_TILE_SIZE, num)
     num_tiles = -(-num // tile)
     pad = num_tiles * tile - num
     batch = tf.shape(boxes)[0]
     tiled_boxes = tf.reshape(tf.pad(boxes, [[0, 0], [0, pad], [0, 0]]), [batch, num_tiles, tile, 4])
-    tiled_classes = tf.reshape(tf.pad(classes, [[0, 0], [0, pad]], constant_values=-1), [batch, num_tiles, tile])
+    tiled_classes = tf.reshape(tf.pad(classes, [[0, 0], [0, pad]]), [batch, num_tiles, tile])
     tiled_valid = tf.reshape(tf.pad(valid, [[0, 0], [0, pad]]), [batch, num_tiles, tile])
     earlier_in_tile = tf.range(tile)[None, :] < tf.range(tile)[:, None]  # [i, j]: j < i
-    all_classes = tf.reshape(tiled_classes, [batch, num_tiles * tile])
-    positions = tf.range(num_tiles * tile)[None, :]
+    slots = tf.range(capacity)
 
     def suppression(row_boxes, row_classes, col_boxes, col_classes):
         """[B, rows, cols]: column candidate overlaps row candidate beyond the threshold, same class."""
         overlap = compare(pairwise_iou(row_boxes, col_boxes, plus_one), iou_threshold)
         return overlap & (row_classes[:, :, None] == col_classes[:, None, :])
 
-    def settle_tile(t, keep):
+    def settle_tile(t, keep, kept_boxes, kept_classes, count):
         tile_boxes = tf.gather(tiled_boxes, t, axis=1)
         tile_classes = tf.gather(tiled_classes, t, axis=1)
-
-        def by_earlier_tile(s, suppressed):
-            hit = suppression(
-                tile_boxes, tile_classes, tf.gather(tiled_boxes, s, axis=1), tf.gather(tiled_classes, s, axis=1)
-            ) & tf.gather(keep, s, axis=1)[:, None, :]
-            return s + 1, suppressed | tf.reduce_any(hit, axis=-1)
-
-        # The first tile holding this tile's first class, over the batch (classes ascend in a row).
-        first = tf.reduce_min(tf.where(all_classes == tile_classes[:, :1], positions, num_tiles * tile)) // tile
-        _, suppressed = tf.while_loop(
-            lambda s, suppressed: s < t, by_earlier_tile, (first, tf.zeros_like(tiled_valid[:, 0]))
-        )
-        alive = tf.gather(tiled_valid, t, axis=1) & ~suppressed
+        filled = slots[None, :] < count[:, None]  # [B, capacity]
+        by_kept = suppression(tile_boxes, tile_classes, kept_boxes, kept_classes) & filled[:, None, :]
+        alive = tf.gather(tiled_valid, t, axis=1) & ~tf.reduce_any(by_kept, axis=-1)
         within = suppression(tile_boxes, tile_classes, tile_boxes, tile_classes) & earlier_in_tile
 
         def one_pass(current, _):
@@ -173,15 +162,26 @@ def class_aware_nms(boxes, classes, valid, iou_threshold=0.5, rule="greater", pl
         settled, _ = tf.while_loop(
             lambda current, changed: changed, one_pass, (alive, tf.constant(True)), maximum_iterations=tile + 1
         )
+        slot = count[:, None] + tf.cumsum(tf.cast(settled, tf.int32), axis=1, exclusive=True)  # [B, tile]
+        settled &= slot < capacity
+        # For every buffer slot, the tile position of the survivor that fills it (-1: none).
+        placed = settled[:, :, None] & (slot[:, :, None] == slots[None, None, :])  # [B, tile, capacity]
+        source = tf.reduce_max(tf.where(placed, tf.range(tile)[None, :, None], -1), axis=1)
+        new_slot, source = source >= 0, tf.maximum(source, 0)
+        kept_boxes = tf.where(new_slot[..., None], tf.gather(tile_boxes, source, batch_dims=1), kept_boxes)
+        kept_classes = tf.where(new_slot, tf.gather(tile_classes, source, batch_dims=1), kept_classes)
         keep = tf.where((tf.range(num_tiles) == t)[None, :, None], settled[:, None, :], keep)
-        return t + 1, keep
+        return t + 1, keep, kept_boxes, kept_classes, count + tf.reduce_sum(tf.cast(settled, tf.int32), axis=1)
 
-    counts = tf.reduce_sum(tf.cast(valid, tf.int32), axis=1)  # valid candidates come first now
-    active_tiles = (tf.reduce_max(tf.concat([counts, [0]], 0)) + tile - 1) // tile
-    _, keep = tf.while_loop(
-        lambda t, keep: t < active_tiles, settle_tile, (tf.constant(0), tf.zeros_like(tiled_valid))
+    last_valid = tf.reduce_max(tf.where(valid, tf.range(num)[None, :], -1), axis=1)  # valid ones may be anywhere
+    active_tiles = tf.reduce_max(tf.concat([last_valid, [-1]], 0)) // tile + 1
+    _, keep, _, _, _ = tf.while_loop(
+        lambda t, keep, kept_boxes, kept_classes, count: (t < active_tiles) & tf.reduce_any(count < capacity),
+        settle_tile,
+        (tf.constant(0), tf.zeros_like(tiled_valid), tf.zeros([batch, capacity, 4]),
+         tf.zeros([batch, capacity], tf.int32), tf.zeros([batch], tf.int32)),
     )
-    return tf.gather(tf.reshape(keep, [batch, num_tiles * tile])[:, :num], inverse, batch_dims=1)
+    return tf.reshape(keep, [batch, num_tiles * tile])[:, :num]
 
 
 def check_offset_nms_rule(rule, plus_one):
@@ -192,12 +192,13 @@ def check_offset_nms_rule(rule, plus_one):
                          f"nms_plus_one only, got nms_rule {rule!r}, nms_plus_one {plus_one}")
 
 
-def class_offset_nms(boxes, classes, valid, iou_threshold=0.5, rule="greater", plus_one=False):
+def class_offset_nms(boxes, classes, valid, iou_threshold=0.5, rule="greater", plus_one=False, max_keep=None):
     """`class_aware_nms` through TensorFlow's greedy NMS kernel (NonMaxSuppressionV4, the TFLite
     built-in NON_MAX_SUPPRESSION_V4), for graphs without while loops: the LiteRT export, whose int8
     calibration cannot run the tiled NMS's loops.
 
-    Same arguments and result; only rule "greater" without plus_one (the kernel's own rule).
+    Same arguments and result (max_keep is the kernel's max_output_size); only rule "greater"
+    without plus_one (the kernel's own rule).
     Classes are kept apart by shifting each class's boxes by class x (the largest |coordinate| + 1),
     so boxes of two classes never overlap; the shift rounds coordinates to the float32 spacing at
     its size (about 0.008 px at 80 classes of a 1333 px image), so an IoU within about 1e-3 of the
@@ -218,15 +219,17 @@ def class_offset_nms(boxes, classes, valid, iou_threshold=0.5, rule="greater", p
     surrogate = tf.where(valid & ~flat, tf.cast(num - tf.range(num), tf.float32)[None, :], 0.0)
     extent = tf.reduce_max(tf.where(valid[..., None], tf.abs(boxes), 0.0), axis=[1, 2], keepdims=True) + 1.0
     shifted = boxes + tf.cast(tf.maximum(classes, 0), tf.float32)[..., None] * extent
+    capacity = _nms_capacity(max_keep, num)
     keep = []
     for b in range(boxes.shape[0]):
         selected, count = tf.raw_ops.NonMaxSuppressionV4(
-            boxes=tf.gather(shifted[b], [1, 0, 3, 2], axis=-1), scores=surrogate[b], max_output_size=num,
+            boxes=tf.gather(shifted[b], [1, 0, 3, 2], axis=-1), scores=surrogate[b], max_output_size=capacity,
             iou_threshold=iou_threshold, score_threshold=0.5, pad_to_max_output_size=True)
-        slots = tf.where(tf.range(num) < count, selected, num)  # padding goes to a spare slot
-        hits = tf.scatter_nd(slots[:, None], tf.ones([num], tf.int32), [num + 1])[:num]
+        slots = tf.where(tf.range(capacity) < count, selected, num)  # padding goes to a spare slot
+        hits = tf.scatter_nd(slots[:, None], tf.ones([capacity], tf.int32), [num + 1])[:num]
         keep.append(hits > 0)
-    return tf.stack(keep) | (valid & flat)
+    keep = tf.stack(keep) | (valid & flat)
+    return keep & (tf.cumsum(tf.cast(keep, tf.int32), axis=1) <= capacity)
 
 
 def _to_original(xy, resized_size, scale, rescale):
@@ -364,7 +367,8 @@ def postprocess(outputs, resized_size, scale, padded_shape, polar_config, postpr
     scale: float32 [B, 2], (sy, sx) = resized / original size (modeling.preprocessing).
     padded_shape: static (Hp, Wp) of the network input, pixels.
     polar_config: config.PolarConfig (the location grid). postprocess_config: config.PostprocessConfig.
-    nms: class_aware_nms, or class_offset_nms for a graph without while loops (the LiteRT export).
+    nms: class_aware_nms, or class_offset_nms for a graph without while loops (the LiteRT export);
+      called with max_keep=max_detections, the survivors select_detections takes.
 
     Stages: location_rank -> top_locations -> scoring of the kept locations -> top_candidates ->
     boxes (box_branch_boxes or the polygons' extent, effective_box_source), mapped to original
@@ -413,7 +417,7 @@ def postprocess(outputs, resized_size, scale, padded_shape, polar_config, postpr
         candidate_polygons = polygons_at(candidates["location"])
         boxes = polygon_extent(candidate_polygons)
     keep = nms(boxes, candidates["class_index"], candidates["valid"], cfg.nms_iou_threshold, cfg.nms_rule,
-               cfg.nms_plus_one)
+               cfg.nms_plus_one, max_keep=cfg.max_detections)
     detections = select_detections(keep, candidates, boxes, cfg.max_detections)
 
     index = detections.pop("index")

@@ -287,6 +287,40 @@ def test_nms_equals_sequential_greedy_nms_across_tiles(rule, plus_one, num_class
             np.testing.assert_array_equal(np.sort(members[chosen]), np.flatnonzero(keep[0] & (classes[0] == c)))
 
 
+@pytest.mark.parametrize("num_classes", [1, 40])
+@pytest.mark.parametrize("max_keep", [1, 37, pp.NMS_TILE_SIZE + 5])
+def test_nms_max_keep_is_the_first_survivors_of_greedy_nms(num_classes, max_keep):
+    """The loop stops once max_keep survivors are found: those are greedy NMS's first ones, the
+    rest False, also when an image reaches max_keep in a tile that the other image does not."""
+    rng = np.random.default_rng(2)
+    count = 3 * pp.NMS_TILE_SIZE + 19
+    xy = rng.uniform(0, 80, (2, count, 2)).astype(np.float32)
+    boxes = np.concatenate([xy, xy + rng.uniform(4, 24, (2, count, 2))], -1).astype(np.float32)
+    classes = rng.integers(0, num_classes, (2, count)).astype(np.int32)
+    valid = np.arange(count)[None] < np.array([[count], [200]])
+    keep = pp.class_aware_nms(boxes, classes, valid, 0.5, max_keep=max_keep).numpy()
+    for b in range(2):
+        expected = greedy_nms(boxes[b], classes[b], valid[b], 0.5, "greater", False)
+        expected &= np.cumsum(expected) <= max_keep
+        np.testing.assert_array_equal(keep[b], expected)
+        assert expected.sum() == min(max_keep, greedy_nms(boxes[b], classes[b], valid[b], 0.5, "greater",
+                                                          False).sum())
+
+
+def test_nms_suppression_chain_across_tiles():
+    """Box i overlaps box i + 1 (IoU 8/12) but not i + 2 (6/14): greedy keeps every other box, a
+    chain as long as the candidates, through the tile boundaries and the survivor buffer."""
+    count = 2 * pp.NMS_TILE_SIZE + 44
+    x = 2.0 * np.arange(count, dtype=np.float32)
+    boxes = np.stack([x, np.zeros_like(x), x + 10, np.full_like(x, 10)], -1)[None]
+    classes = np.zeros((1, count), np.int32)
+    valid = np.ones((1, count), bool)
+    np.testing.assert_array_equal(pp.class_aware_nms(boxes, classes, valid, 0.5).numpy()[0],
+                                  np.arange(count) % 2 == 0)
+    keep = pp.class_aware_nms(boxes, classes, valid, 0.5, max_keep=100).numpy()[0]
+    np.testing.assert_array_equal(np.flatnonzero(keep), np.arange(0, 200, 2))
+
+
 def test_nms_threshold_rule_and_plus_one_at_an_exact_tie():
     boxes = np.array([[[0, 0, 10, 10], [0, 0, 10, 5]]], np.float32)  # IoU 50 / 100 = 0.5 exactly
     classes = np.zeros((1, 2), np.int32)

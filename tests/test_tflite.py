@@ -188,9 +188,11 @@ def test_class_offset_nms_equals_class_aware_nms():
     for num_classes in (1, 5, 80):
         classes = rng.integers(0, num_classes, (2, count)).astype(np.int32)
         valid = np.arange(count)[None] < np.array([[count - 20], [90]])
-        expected = postprocess_lib.class_aware_nms(boxes, classes, valid, 0.5).numpy()
-        np.testing.assert_array_equal(postprocess_lib.class_offset_nms(boxes, classes, valid, 0.5).numpy(), expected)
-        assert expected[0].sum() < valid[0].sum()
+        for max_keep in (None, 25):
+            expected = postprocess_lib.class_aware_nms(boxes, classes, valid, 0.5, max_keep=max_keep).numpy()
+            np.testing.assert_array_equal(
+                postprocess_lib.class_offset_nms(boxes, classes, valid, 0.5, max_keep=max_keep).numpy(), expected)
+            assert expected[0].sum() == (25 if max_keep else expected[0].sum()) < valid[0].sum()
     with pytest.raises(ValueError, match="greater_equal"):
         postprocess_lib.class_offset_nms(boxes, classes, valid, 0.5, rule="greater_equal")
 
