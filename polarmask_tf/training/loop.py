@@ -99,13 +99,13 @@ def check_model_dir(config, model_dir):
         previous = cfg.load_config(saved)
     except cfg.ConfigError as error:
         raise ArchitectureMismatchError(
-            f"{model_dir} holds checkpoints but its config.yaml cannot be read ({error}); use a new --model_dir"
+            f"{model_dir} holds checkpoints but its config.yaml cannot be read ({error}); use a new --model-dir"
         ) from error
     differences = _architecture_differences(previous, config)
     if differences:
         raise ArchitectureMismatchError(
             f"{model_dir} holds checkpoints of a different architecture ({'; '.join(differences)}). "
-            "Use a new --model_dir, or the same model and polar settings to resume."
+            "Use a new --model-dir, or the same model and polar settings to resume."
         )
 
 
