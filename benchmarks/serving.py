@@ -18,7 +18,7 @@ At batch 1 the export's time is split into its stages, each timed alone as a
 tf.function in the same rounds: decode + resize + normalise, forward, post-processing (top-k,
 scoring, NMS, ray decoding), masks (polygons rasterised into 28 x 28 box masks); "rest" is the
 export's time minus their sum (the signature's own cost: map_fn, category lookups, SavedModel
-call overhead).
+call overhead; smaller than the drift between rounds here, so it can come out negative).
 """
 
 import argparse
