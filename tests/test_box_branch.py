@@ -71,6 +71,26 @@ def test_the_default_keeps_the_box_branch_and_the_nobox_config_drops_it():
         cfg.load_config(QUICKSTART, ["model.box_branch=3"])
 
 
+def _dotted(tree, prefix=""):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _dotted(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def test_the_nobox_quickstart_is_the_quickstart_with_three_changes_and_the_same_head_cost():
+    box = cfg.load_config(QUICKSTART)
+    nobox = cfg.load_config(os.path.join(ROOT, "configs", "quickstart_nobox.yaml"))
+    box_keys, nobox_keys = dict(_dotted(cfg.to_dict(box))), dict(_dotted(cfg.to_dict(nobox)))
+    changed = {key: (box_keys[key], nobox_keys[key]) for key in box_keys if box_keys[key] != nobox_keys[key]}
+    assert changed == {"model.box_branch": (True, False), "model.head_convs": (2, 3),
+                       "train.base_learning_rate": (0.01, 0.015)}
+    # three towers of 2 convs against two of 3, at 64 channels
+    heads = [build_model(config).get_layer("head").count_params() for config in (box, nobox)]
+    assert heads == [249658, 247345]
+
+
 def test_without_the_box_branch_there_are_no_box_variables_and_exactly_its_parameters_fewer(configs, models):
     with_box, without = models[True], models[False]
     assert [w.path for w in without.weights if "box" in w.path] == []
