@@ -71,18 +71,16 @@ def test_the_default_keeps_the_box_branch_and_the_nobox_config_drops_it():
         cfg.load_config(QUICKSTART, ["model.box_branch=3"])
 
 
-def _dotted(tree, prefix=""):
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            yield from _dotted(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
+def _dotted(config):
+    """{"section.key": value} of a config (its sections hold no nested sections)."""
+    return {f"{section}.{key}": value
+            for section, values in cfg.to_dict(config).items() for key, value in values.items()}
 
 
 def test_the_nobox_quickstart_is_the_quickstart_with_three_changes_and_the_same_head_cost():
     box = cfg.load_config(QUICKSTART)
     nobox = cfg.load_config(os.path.join(ROOT, "configs", "quickstart_nobox.yaml"))
-    box_keys, nobox_keys = dict(_dotted(cfg.to_dict(box))), dict(_dotted(cfg.to_dict(nobox)))
+    box_keys, nobox_keys = _dotted(box), _dotted(nobox)
     changed = {key: (box_keys[key], nobox_keys[key]) for key in box_keys if box_keys[key] != nobox_keys[key]}
     assert changed == {"model.box_branch": (True, False), "model.head_convs": (2, 3),
                        "train.base_learning_rate": (0.01, 0.015)}
